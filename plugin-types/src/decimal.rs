@@ -1,0 +1,192 @@
+//! The exact decimal text encoding used for money across the WIT boundary.
+//!
+//! WIT has no decimal type, and floats would lose cents, so amounts cross as
+//! text with a strict grammar: an optional `-`, 1 to 28 digits, optionally a
+//! `.` and 1 to 28 more digits, at most 28 significant digits in all. Parsing
+//! is strict on purpose: an exponent, a `+`, whitespace or `NaN` from a
+//! plugin is a bug to surface, not something to guess at.
+
+use rust_decimal::Decimal;
+
+/// The longest text accepted: sign, 28 digits, point, 28 digits.
+const MAX_TEXT_LEN: usize = 58;
+
+/// Why a text is not an exact decimal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    /// The text is empty.
+    #[error("empty decimal")]
+    Empty,
+    /// The text is longer than any valid decimal.
+    #[error("decimal text is {0} characters long (at most {MAX_TEXT_LEN})")]
+    TooLong(usize),
+    /// The text breaks the grammar.
+    #[error("`{0}` is not a plain decimal (expected e.g. `12.50` or `-0.001`)")]
+    Syntax(String),
+    /// The value has more significant digits than `rust_decimal` holds.
+    #[error("`{0}` has more than 28 significant digits")]
+    Precision(String),
+}
+
+/// Parses the wire text into a `Decimal`, refusing anything outside the grammar.
+pub fn parse(text: &str) -> Result<Decimal, DecimalError> {
+    if text.is_empty() {
+        return Err(DecimalError::Empty);
+    }
+    if text.len() > MAX_TEXT_LEN {
+        return Err(DecimalError::TooLong(text.len()));
+    }
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (int_part, frac_part) = match unsigned.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (unsigned, None),
+    };
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let frac_ok = frac_part.is_none_or(all_digits);
+    if !all_digits(int_part) || !frac_ok {
+        return Err(DecimalError::Syntax(text.to_owned()));
+    }
+    Decimal::from_str_exact(text).map_err(|_| DecimalError::Precision(text.to_owned()))
+}
+
+/// Formats a `Decimal` as wire text. Never uses an exponent.
+pub fn format(value: &Decimal) -> String {
+    value.to_string()
+}
+
+/// Parses a decimal the way clients and configs write it: wire grammar, plus a
+/// leading `+` tolerated. Used for human-edited files only, never for plugin
+/// output.
+pub fn parse_lenient(text: &str) -> Result<Decimal, DecimalError> {
+    let trimmed = text.trim();
+    parse(trimmed.strip_prefix('+').unwrap_or(trimmed))
+}
+
+/// Serde support: decimals as JSON strings only, never JSON numbers (a JSON
+/// number goes through `f64` in most tools and may already be wrong).
+pub mod exact {
+    use super::{format, parse};
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes as a JSON string.
+    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(value))
+    }
+
+    /// Deserializes from a JSON string in the wire grammar.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde support for `Option<Decimal>` as an optional JSON string.
+pub mod exact_opt {
+    use super::{format, parse};
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes `None` as null and `Some` as a JSON string.
+    pub fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_str(&format(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserializes null or a JSON string in the wire grammar.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        text.map(|t| parse(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Serde support for maps of name to decimal, as a JSON object of strings.
+pub mod exact_map {
+    use super::{format, parse};
+    use rust_decimal::Decimal;
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    /// Serializes as a JSON object whose values are strings.
+    pub fn serialize<S: Serializer>(
+        value: &BTreeMap<String, Decimal>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(value.len()))?;
+        for (k, v) in value {
+            map.serialize_entry(k, &format(v))?;
+        }
+        map.end()
+    }
+
+    /// Deserializes a JSON object whose values are wire-grammar strings.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Decimal>, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                let parsed = parse(&v).map_err(serde::de::Error::custom)?;
+                Ok((k, parsed))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_plain_decimals() {
+        for (text, expect) in [
+            ("0", Decimal::ZERO),
+            ("12.50", Decimal::new(1250, 2)),
+            ("-0.001", Decimal::new(-1, 3)),
+            ("0007", Decimal::new(7, 0)),
+        ] {
+            assert_eq!(parse(text), Ok(expect), "{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for text in [
+            "", " 1", "1 ", "+1", "1e5", "1E5", "NaN", "inf", ".5", "5.", "1.2.3", "--1", "1,000",
+            "0x10", "١",
+        ] {
+            assert!(parse(text).is_err(), "{text:?} should be refused");
+        }
+        assert!(matches!(
+            parse("123456789012345678901234567890"),
+            Err(DecimalError::Precision(_))
+        ));
+        assert!(matches!(parse(&"1".repeat(80)), Err(DecimalError::TooLong(80))));
+    }
+
+    #[test]
+    fn json_numbers_are_refused() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Amount {
+            #[serde(with = "exact")]
+            #[allow(dead_code)]
+            value: Decimal,
+        }
+        assert!(serde_json::from_str::<Amount>(r#"{"value": 0.1}"#).is_err());
+        let ok: Amount = serde_json::from_str(r#"{"value": "0.1"}"#).unwrap();
+        assert_eq!(ok.value, Decimal::new(1, 1));
+    }
+
+    proptest! {
+        #[test]
+        fn format_then_parse_is_identity(mantissa in any::<i64>(), scale in 0u32..=18) {
+            let value = Decimal::new(mantissa, scale);
+            prop_assert_eq!(parse(&format(&value)), Ok(value));
+        }
+    }
+}
