@@ -90,7 +90,10 @@ pub struct RecordId {
 pub enum RecordKind {
     Usage,
     /// Negates the amounts, tokens and units of `original` (a correction).
-    Reversal { original: RecordId, reason: String },
+    Reversal {
+        original: RecordId,
+        reason: String,
+    },
 }
 
 /// Credit drawn from (positive) or refunded to (negative) a bucket by a record.

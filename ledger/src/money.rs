@@ -148,6 +148,9 @@ mod tests {
         ));
         let json = serde_json::to_string(&Currency::Gbp).unwrap();
         assert_eq!(json, "\"GBP\"");
-        assert_eq!(serde_json::from_str::<Currency>(&json).unwrap(), Currency::Gbp);
+        assert_eq!(
+            serde_json::from_str::<Currency>(&json).unwrap(),
+            Currency::Gbp
+        );
     }
 }

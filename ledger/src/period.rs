@@ -60,7 +60,8 @@ impl Period {
 
     /// Inverse of [`Period::key`].
     pub fn from_key(key: u32) -> Result<Period, LedgerError> {
-        let year = i32::try_from(key / 100).map_err(|_| LedgerError::InvalidPeriod(key.to_string()))?;
+        let year =
+            i32::try_from(key / 100).map_err(|_| LedgerError::InvalidPeriod(key.to_string()))?;
         Period::new(year, key % 100)
     }
 }
@@ -198,8 +199,14 @@ mod tests {
             grace: Duration::zero(),
         };
         // DST: March starts at UTC-5, April at UTC-4.
-        assert_eq!(ny.start("2025-03".parse().unwrap()), utc("2025-03-01T05:00:00Z"));
-        assert_eq!(ny.end("2025-03".parse().unwrap()), utc("2025-04-01T04:00:00Z"));
+        assert_eq!(
+            ny.start("2025-03".parse().unwrap()),
+            utc("2025-03-01T05:00:00Z")
+        );
+        assert_eq!(
+            ny.end("2025-03".parse().unwrap()),
+            utc("2025-04-01T04:00:00Z")
+        );
     }
 
     #[test]

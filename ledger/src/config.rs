@@ -1,0 +1,114 @@
+//! Ledger settings: durability mode, queue bounds, currency, calendar, fees,
+//! alert retry schedule, and an injectable clock (tests move time by hand).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::alerts::Backoff;
+use crate::money::Currency;
+use crate::period::Calendar;
+
+/// When a write counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Default. `record` returns only after the group commit holding the record has
+    /// been flushed to disk; concurrent writers share one flush.
+    Sync,
+    /// `record` returns once the group is applied in memory; the writer flushes
+    /// at most `flush_every` later. A crash loses at most that window.
+    Batched { flush_every: Duration },
+}
+
+/// Source of "now". Cheap to clone.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(Utc::now))
+    }
+
+    pub fn from_fn(f: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(f))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// A clock that only moves when told to; for tests and replays.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> ManualClock {
+        ManualClock(Arc::new(AtomicI64::new(start.timestamp_micros())))
+    }
+
+    pub fn set(&self, t: DateTime<Utc>) {
+        self.0.store(t.timestamp_micros(), Ordering::SeqCst);
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.0.load(Ordering::SeqCst)).unwrap_or_default()
+    }
+
+    pub fn clock(&self) -> Clock {
+        let me = self.clone();
+        Clock::from_fn(move || me.now())
+    }
+}
+
+/// Everything `Ledger::open` needs.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Database directory; `None` opens a temporary in-memory database.
+    pub path: Option<PathBuf>,
+    pub durability: Durability,
+    /// All amounts in this ledger are in this currency.
+    pub currency: Currency,
+    pub calendar: Calendar,
+    /// Bound of the write queue; a full queue makes writers wait (backpressure).
+    pub queue_capacity: usize,
+    /// Most commands applied in one group commit.
+    pub max_batch: usize,
+    /// How long a writer waits for room in a full queue before `Overloaded`.
+    pub enqueue_timeout: Duration,
+    /// Reservations neither settled nor released are dropped after this.
+    pub reservation_ttl: chrono::Duration,
+    /// Operator's platform fee on agency earnings, in percent.
+    pub platform_fee_pct: Decimal,
+    pub alert_backoff: Backoff,
+    pub clock: Clock,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            path: None,
+            durability: Durability::Sync,
+            currency: Currency::Usd,
+            calendar: Calendar::default(),
+            queue_capacity: 8192,
+            max_batch: 2048,
+            enqueue_timeout: Duration::from_secs(5),
+            reservation_ttl: chrono::Duration::minutes(15),
+            platform_fee_pct: Decimal::new(10, 0),
+            alert_backoff: Backoff::default(),
+            clock: Clock::system(),
+        }
+    }
+}

@@ -1,0 +1,1057 @@
+//! The single writer: it owns the in-memory running state (aggregates, credit
+//! buckets, reservations, alert markers), drains the bounded command queue,
+//! applies a whole batch, hands the store ONE atomic [`CommitGroup`], flushes
+//! once (sync mode) and then wakes every waiter of the batch.
+//!
+//! Because only this thread mutates ledger state, read-modify-write of aggregates
+//! needs no transaction. Reservations are checked under the same mutex the writer
+//! holds while it applies and commits a batch, so a reservation never sees spend
+//! that is half-applied.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::alerts::Backoff;
+use crate::config::{Durability, LedgerConfig};
+use crate::error::LedgerError;
+use crate::model::{
+    AggKey, Alert, Billing, BucketKind, ClientPlan, CreditBucket, CreditEntry, CreditEntryKind,
+    CreditUse, Delivery, Meta, RecordId, RecordKind, RecordOutcome, ReservationId, StoredRecord,
+    TopUpOutcome, Totals, UsageRecord, contributions,
+};
+use crate::period::Period;
+use crate::store::{AggregateWrite, CommitGroup, LedgerStore};
+
+const MAX_ID_LEN: usize = 1024;
+
+/// A write the writer thread applies.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Record(Box<UsageRecord>),
+    Reverse {
+        original_key: String,
+        reason: String,
+    },
+    TopUp {
+        client: String,
+        amount: Decimal,
+        key: String,
+        expires_at: Option<DateTime<Utc>>,
+    },
+    SetPlan(ClientPlan),
+    AlertDelivered(u64),
+    AlertFailed {
+        id: u64,
+        error: String,
+    },
+    SweepExpired(String),
+}
+
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Record(RecordOutcome),
+    TopUp(TopUpOutcome),
+    Alert(Alert),
+    Done,
+}
+
+pub(crate) struct Job {
+    pub cmd: Command,
+    pub reply: flume::Sender<Result<Reply, LedgerError>>,
+}
+
+/// A granted spend reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: ReservationId,
+    pub client_id: String,
+    pub amount: Decimal,
+    pub expires_at: DateTime<Utc>,
+}
+
+struct ClientState {
+    plan: ClientPlan,
+    buckets: Vec<CreditBucket>,
+    outstanding: Decimal,
+    alerted: HashMap<Period, BTreeSet<u32>>,
+}
+
+impl ClientState {
+    /// Credit that usage booked into `period` at `now` may draw on, in
+    /// consumption order: included first, then soonest expiry, then oldest.
+    fn eligible(&self, period: Period, now: DateTime<Utc>) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.buckets.len())
+            .filter(|&i| {
+                let b = &self.buckets[i];
+                b.balance > Decimal::ZERO
+                    && match &b.kind {
+                        BucketKind::Included { period: p } => *p == period,
+                        BucketKind::TopUp { .. } => b.expires_at.is_none_or(|e| e > now),
+                    }
+            })
+            .collect();
+        idx.sort_by_key(|&i| {
+            let b = &self.buckets[i];
+            (
+                !matches!(b.kind, BucketKind::Included { .. }),
+                b.expires_at.is_none(),
+                b.expires_at,
+                b.created_seq,
+            )
+        });
+        idx
+    }
+
+    fn has_included(&self, period: Period) -> bool {
+        self.buckets
+            .iter()
+            .any(|b| matches!(b.kind, BucketKind::Included { period: p } if p == period))
+    }
+
+    /// What a prepaid client can still spend in `period`, before reservations.
+    fn available(&self, period: Period, now: DateTime<Utc>) -> Decimal {
+        let mut a: Decimal = self
+            .eligible(period, now)
+            .into_iter()
+            .map(|i| self.buckets[i].balance)
+            .sum();
+        if !self.has_included(period) {
+            // The grant is made lazily with the period's first usage.
+            a += self.plan.included_per_period;
+        }
+        a
+    }
+}
+
+struct Held {
+    client: String,
+    amount: Decimal,
+    expires_at: DateTime<Utc>,
+}
+
+pub(crate) struct State {
+    meta: Meta,
+    aggs: HashMap<AggKey, Totals>,
+    clients: HashMap<String, ClientState>,
+    reservations: HashMap<u64, Held>,
+    next_reservation: u64,
+    poisoned: Option<String>,
+}
+
+/// What the `Ledger` handle and the writer thread share.
+pub(crate) struct Shared {
+    pub store: Arc<dyn LedgerStore>,
+    pub cfg: LedgerConfig,
+    state: Mutex<State>,
+}
+
+/// Changes accumulated while a batch is applied.
+#[derive(Default)]
+struct Batch {
+    group: CommitGroup,
+    deltas: HashMap<AggKey, Totals>,
+    new_records: HashMap<String, StoredRecord>,
+    new_topups: HashMap<String, CreditBucket>,
+    touched_buckets: BTreeSet<(String, String)>,
+    alerts: BTreeMap<u64, Alert>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.group.is_empty()
+            && self.deltas.is_empty()
+            && self.touched_buckets.is_empty()
+            && self.alerts.is_empty()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> LedgerError {
+    LedgerError::InvalidRecord(msg.into())
+}
+
+fn check_id(name: &str, v: &str) -> Result<(), LedgerError> {
+    if v.is_empty() {
+        return Err(invalid(format!("{name} is empty")));
+    }
+    if v.len() > MAX_ID_LEN {
+        return Err(invalid(format!("{name} is longer than {MAX_ID_LEN} bytes")));
+    }
+    Ok(())
+}
+
+/// Rejects records that would break money conservation or key encoding.
+pub(crate) fn validate(r: &UsageRecord) -> Result<(), LedgerError> {
+    check_id("idempotency_key", &r.idempotency_key)?;
+    check_id("request_id", &r.request_id)?;
+    check_id("agency_id", &r.agency_id)?;
+    check_id("client_id", &r.client_id)?;
+    check_id("routed_model", &r.routed_model)?;
+    check_id("routed_provider", &r.routed_provider)?;
+    check_id("requested_model", &r.requested_model)?;
+    for (name, v) in [
+        ("provider_cost", r.provider_cost),
+        ("surcharge", r.surcharge),
+        ("total_charged", r.total_charged),
+    ] {
+        if v.is_sign_negative() && !v.is_zero() {
+            return Err(invalid(format!(
+                "{name} is negative ({v}); corrections are reversals"
+            )));
+        }
+    }
+    if r.provider_cost + r.surcharge != r.total_charged {
+        return Err(invalid(format!(
+            "total_charged {} != provider_cost {} + surcharge {}",
+            r.total_charged, r.provider_cost, r.surcharge
+        )));
+    }
+    for (unit, q) in &r.units {
+        check_id("unit name", unit)?;
+        if q.is_sign_negative() && !q.is_zero() {
+            return Err(invalid(format!("unit {unit} has negative quantity {q}")));
+        }
+    }
+    if r.finished_at < r.started_at {
+        return Err(invalid("finished_at is before started_at"));
+    }
+    Ok(())
+}
+
+impl Shared {
+    pub(crate) fn open(
+        store: Arc<dyn LedgerStore>,
+        cfg: LedgerConfig,
+    ) -> Result<Shared, LedgerError> {
+        let meta = store.load_meta()?;
+        let now = cfg.clock.now();
+        Ok(Shared {
+            store,
+            state: Mutex::new(State {
+                meta,
+                aggs: HashMap::new(),
+                clients: HashMap::new(),
+                reservations: HashMap::new(),
+                // Reservation ids from before a restart must not collide with new ones.
+                next_reservation: u64::try_from(now.timestamp_micros()).unwrap_or(1),
+                poisoned: None,
+            }),
+            cfg,
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, LedgerError> {
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| LedgerError::Poisoned("state mutex poisoned by a panic".into()))?;
+        if let Some(p) = &st.poisoned {
+            return Err(LedgerError::Poisoned(p.clone()));
+        }
+        Ok(st)
+    }
+
+    pub(crate) fn reserve(
+        &self,
+        client: &str,
+        amount: Decimal,
+    ) -> Result<Reservation, LedgerError> {
+        check_id("client_id", client).map_err(|e| LedgerError::InvalidArgument(e.to_string()))?;
+        if amount <= Decimal::ZERO {
+            return Err(LedgerError::InvalidArgument(format!(
+                "reservation amount must be positive, got {amount}"
+            )));
+        }
+        let now = self.cfg.clock.now();
+        let period = self.cfg.calendar.period_of(now);
+        let mut st = self.lock()?;
+        st.purge_reservations(now);
+        st.load_client(&*self.store, client)?;
+        let key = AggKey::Client {
+            client: client.to_owned(),
+            period,
+        };
+        st.load_agg(&*self.store, &key)?;
+        let spent = st.aggs.get(&key).map(|t| t.total).unwrap_or_default();
+        let Some(cs) = st.clients.get_mut(client) else {
+            return Err(LedgerError::NotFound(format!("client {client}")));
+        };
+        if let Some(cap) = cs.plan.monthly_cap
+            && spent + cs.outstanding + amount > cap
+        {
+            return Err(LedgerError::CapExceeded {
+                client_id: client.to_owned(),
+                cap,
+                spent,
+                outstanding: cs.outstanding,
+                requested: amount,
+            });
+        }
+        if cs.plan.billing == Billing::Prepaid {
+            let available = cs.available(period, now) - cs.outstanding;
+            if amount > available {
+                return Err(LedgerError::InsufficientBalance {
+                    client_id: client.to_owned(),
+                    available,
+                    requested: amount,
+                });
+            }
+        }
+        cs.outstanding += amount;
+        st.next_reservation += 1;
+        let id = st.next_reservation;
+        let expires_at = now + self.cfg.reservation_ttl;
+        st.reservations.insert(
+            id,
+            Held {
+                client: client.to_owned(),
+                amount,
+                expires_at,
+            },
+        );
+        Ok(Reservation {
+            id: ReservationId(id),
+            client_id: client.to_owned(),
+            amount,
+            expires_at,
+        })
+    }
+
+    pub(crate) fn release(&self, id: ReservationId) -> Result<(), LedgerError> {
+        let mut st = self.lock()?;
+        if st.settle_reservation(id) {
+            Ok(())
+        } else {
+            Err(LedgerError::UnknownReservation(id.0))
+        }
+    }
+
+    /// Total currently reserved for a client (diagnostics and tests).
+    pub(crate) fn outstanding(&self, client: &str) -> Result<Decimal, LedgerError> {
+        let st = self.lock()?;
+        Ok(st
+            .clients
+            .get(client)
+            .map(|c| c.outstanding)
+            .unwrap_or_default())
+    }
+
+    /// Applies a batch of jobs as one group commit; returns each job's result.
+    fn apply_jobs(&self, jobs: &[Job]) -> Vec<Result<Reply, LedgerError>> {
+        let mut st = match self.lock() {
+            Ok(st) => st,
+            Err(e) => return jobs.iter().map(|_| Err(clone_err(&e))).collect(),
+        };
+        let now = self.cfg.clock.now();
+        let mut b = Batch::default();
+        let mut results: Vec<Result<Reply, LedgerError>> = jobs
+            .iter()
+            .map(|j| st.apply(self, &mut b, now, &j.cmd))
+            .collect();
+        if b.is_empty() {
+            return results;
+        }
+        let group = st.finish(b);
+        match self.store.commit(&group) {
+            Ok(()) => {}
+            Err(e) => {
+                // Memory is now ahead of the store: refuse everything until reopen.
+                let msg = format!("group commit failed: {e}");
+                tracing::error!(error = %e, "ledger group commit failed; ledger poisoned");
+                st.poisoned = Some(msg.clone());
+                for r in &mut results {
+                    if r.is_ok() {
+                        *r = Err(LedgerError::Poisoned(msg.clone()));
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    fn poison(&self, msg: String) {
+        if let Ok(mut st) = self.state.lock() {
+            st.poisoned = Some(msg);
+        }
+    }
+}
+
+fn clone_err(e: &LedgerError) -> LedgerError {
+    match e {
+        LedgerError::Poisoned(m) => LedgerError::Poisoned(m.clone()),
+        other => LedgerError::Poisoned(other.to_string()),
+    }
+}
+
+impl State {
+    fn purge_reservations(&mut self, now: DateTime<Utc>) {
+        let expired: Vec<u64> = self
+            .reservations
+            .iter()
+            .filter(|(_, h)| h.expires_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.settle_reservation(ReservationId(id));
+        }
+    }
+
+    /// Drops a reservation (settled by a record, released, or expired).
+    fn settle_reservation(&mut self, id: ReservationId) -> bool {
+        let Some(h) = self.reservations.remove(&id.0) else {
+            return false;
+        };
+        if let Some(c) = self.clients.get_mut(&h.client) {
+            c.outstanding -= h.amount;
+        }
+        true
+    }
+
+    fn load_client(&mut self, store: &dyn LedgerStore, client: &str) -> Result<(), LedgerError> {
+        if self.clients.contains_key(client) {
+            return Ok(());
+        }
+        let plan = store
+            .get_plan(client)?
+            .unwrap_or_else(|| ClientPlan::default_for(client));
+        let buckets = store.buckets(client)?;
+        self.clients.insert(
+            client.to_owned(),
+            ClientState {
+                plan,
+                buckets,
+                outstanding: Decimal::ZERO,
+                alerted: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn load_agg(&mut self, store: &dyn LedgerStore, key: &AggKey) -> Result<(), LedgerError> {
+        if !self.aggs.contains_key(key) {
+            let t = store.get_aggregate(key)?.unwrap_or_default();
+            self.aggs.insert(key.clone(), t);
+        }
+        Ok(())
+    }
+
+    fn load_alerted(
+        &mut self,
+        store: &dyn LedgerStore,
+        client: &str,
+        period: Period,
+    ) -> Result<(), LedgerError> {
+        let loaded = self
+            .clients
+            .get(client)
+            .is_some_and(|c| c.alerted.contains_key(&period));
+        if !loaded {
+            let set: BTreeSet<u32> = store
+                .alerted_thresholds(client, period)?
+                .into_iter()
+                .collect();
+            if let Some(c) = self.clients.get_mut(client) {
+                c.alerted.insert(period, set);
+            }
+        }
+        Ok(())
+    }
+
+    fn next_entry_seq(&mut self) -> u64 {
+        let s = self.meta.next_entry_seq;
+        self.meta.next_entry_seq += 1;
+        s
+    }
+
+    fn apply(
+        &mut self,
+        sh: &Shared,
+        b: &mut Batch,
+        now: DateTime<Utc>,
+        cmd: &Command,
+    ) -> Result<Reply, LedgerError> {
+        match cmd {
+            Command::Record(r) => self.apply_record(sh, b, now, r).map(Reply::Record),
+            Command::Reverse {
+                original_key,
+                reason,
+            } => self
+                .apply_reversal(sh, b, now, original_key, reason)
+                .map(Reply::Record),
+            Command::TopUp {
+                client,
+                amount,
+                key,
+                expires_at,
+            } => self
+                .apply_topup(sh, b, now, client, *amount, key, *expires_at)
+                .map(Reply::TopUp),
+            Command::SetPlan(plan) => {
+                validate_plan(plan)?;
+                self.load_client(&*sh.store, &plan.client_id)?;
+                if let Some(c) = self.clients.get_mut(&plan.client_id) {
+                    c.plan = plan.clone();
+                }
+                b.group.plans.push(plan.clone());
+                Ok(Reply::Done)
+            }
+            Command::AlertDelivered(id) => {
+                let mut a = self.find_alert(sh, b, *id)?;
+                a.delivery = Backoff::after_success(&a.delivery, now);
+                b.alerts.insert(a.id, a.clone());
+                Ok(Reply::Alert(a))
+            }
+            Command::AlertFailed { id, error } => {
+                let mut a = self.find_alert(sh, b, *id)?;
+                a.delivery = sh.cfg.alert_backoff.after_failure(&a.delivery, now, error);
+                b.alerts.insert(a.id, a.clone());
+                Ok(Reply::Alert(a))
+            }
+            Command::SweepExpired(client) => {
+                self.load_client(&*sh.store, client)?;
+                self.sweep(b, client, now);
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    fn find_alert(&self, sh: &Shared, b: &Batch, id: u64) -> Result<Alert, LedgerError> {
+        if let Some(a) = b.alerts.get(&id) {
+            return Ok(a.clone());
+        }
+        sh.store
+            .get_alert(id)?
+            .ok_or_else(|| LedgerError::NotFound(format!("alert {id}")))
+    }
+
+    /// Returns the record already stored under `key`, if any.
+    fn existing(
+        &self,
+        sh: &Shared,
+        b: &Batch,
+        key: &str,
+    ) -> Result<Option<StoredRecord>, LedgerError> {
+        if let Some(r) = b.new_records.get(key) {
+            return Ok(Some(r.clone()));
+        }
+        match sh.store.find_idempotency_key(key)? {
+            Some(id) => match sh.store.get_record(id)? {
+                Some(r) => Ok(Some(r)),
+                None => Err(LedgerError::NotFound(format!(
+                    "record {id:?} behind idempotency key {key:?}"
+                ))),
+            },
+            None => Ok(None),
+        }
+    }
+
+    fn apply_record(
+        &mut self,
+        sh: &Shared,
+        b: &mut Batch,
+        now: DateTime<Utc>,
+        r: &UsageRecord,
+    ) -> Result<RecordOutcome, LedgerError> {
+        validate(r)?;
+        if let Some(existing) = self.existing(sh, b, &r.idempotency_key)? {
+            // A retry may carry a fresh reservation; it must not stay held.
+            if let Some(id) = r.reservation_id {
+                self.settle_reservation(id);
+            }
+            return Ok(RecordOutcome::Duplicate(Box::new(existing)));
+        }
+        self.load_client(&*sh.store, &r.client_id)?;
+        if let Some(agency) = self
+            .clients
+            .get(&r.client_id)
+            .and_then(|c| c.plan.agency_id.as_ref())
+            && agency != &r.agency_id
+        {
+            return Err(invalid(format!(
+                "client {} belongs to agency {agency}, record names {}",
+                r.client_id, r.agency_id
+            )));
+        }
+        let (period, late) = sh.cfg.calendar.assign(r.finished_at, now);
+        let stored = StoredRecord {
+            id: RecordId {
+                period,
+                seq: self.meta.next_seq,
+            },
+            late_adjustment: late,
+            recorded_at: now,
+            kind: RecordKind::Usage,
+            credits_applied: Vec::new(),
+            record: r.clone(),
+        };
+        self.preload(sh, &stored)?;
+        // Nothing below can fail: state changes only from here on.
+        self.meta.next_seq += 1;
+        self.sweep(b, &r.client_id, now);
+        self.grant_included(sh, b, &r.client_id, period, now);
+        let mut stored = stored;
+        stored.credits_applied = self.consume(b, &stored, now);
+        self.settle_reservation_opt(r.reservation_id);
+        self.book(b, &stored);
+        self.check_alerts(b, &stored, now);
+        Ok(RecordOutcome::Recorded(Box::new(stored)))
+    }
+
+    fn settle_reservation_opt(&mut self, id: Option<ReservationId>) {
+        if let Some(id) = id {
+            self.settle_reservation(id);
+        }
+    }
+
+    fn apply_reversal(
+        &mut self,
+        sh: &Shared,
+        b: &mut Batch,
+        now: DateTime<Utc>,
+        original_key: &str,
+        reason: &str,
+    ) -> Result<RecordOutcome, LedgerError> {
+        let key = format!("reversal:{original_key}");
+        if let Some(existing) = self.existing(sh, b, &key)? {
+            return Ok(RecordOutcome::Duplicate(Box::new(existing)));
+        }
+        let Some(orig) = self.existing(sh, b, original_key)? else {
+            return Err(LedgerError::NotFound(format!(
+                "record with idempotency key {original_key:?}"
+            )));
+        };
+        if !matches!(orig.kind, RecordKind::Usage) {
+            return Err(LedgerError::InvalidArgument(
+                "a reversal cannot itself be reversed".into(),
+            ));
+        }
+        self.load_client(&*sh.store, &orig.record.client_id)?;
+        let mut period = orig.id.period;
+        while sh.cfg.calendar.is_closed(period, now) {
+            period = period.next();
+        }
+        let mut rec = orig.record.clone();
+        rec.idempotency_key = key;
+        rec.provider_cost = -rec.provider_cost;
+        rec.surcharge = -rec.surcharge;
+        rec.total_charged = -rec.total_charged;
+        for q in rec.units.values_mut() {
+            *q = -*q;
+        }
+        rec.reservation_id = None;
+        let stored = StoredRecord {
+            id: RecordId {
+                period,
+                seq: self.meta.next_seq,
+            },
+            late_adjustment: period != orig.id.period,
+            recorded_at: now,
+            kind: RecordKind::Reversal {
+                original: orig.id,
+                reason: reason.to_owned(),
+            },
+            credits_applied: Vec::new(),
+            record: rec,
+        };
+        self.preload(sh, &stored)?;
+        self.meta.next_seq += 1;
+        let mut stored = stored;
+        stored.credits_applied = self.refund(b, &orig, &stored, now);
+        self.book(b, &stored);
+        Ok(RecordOutcome::Recorded(Box::new(stored)))
+    }
+
+    /// Loads everything `book`/`check_alerts` touch, so they cannot fail.
+    fn preload(&mut self, sh: &Shared, stored: &StoredRecord) -> Result<(), LedgerError> {
+        for (k, _) in contributions(stored) {
+            self.load_agg(&*sh.store, &k)?;
+        }
+        self.load_alerted(&*sh.store, &stored.record.client_id, stored.id.period)
+    }
+
+    /// Adds a record to the running aggregates and the group.
+    fn book(&mut self, b: &mut Batch, stored: &StoredRecord) {
+        for (k, delta) in contributions(stored) {
+            self.aggs.entry(k.clone()).or_default().add(&delta);
+            b.deltas.entry(k).or_default().add(&delta);
+        }
+        b.new_records
+            .insert(stored.record.idempotency_key.clone(), stored.clone());
+        b.group.records.push(stored.clone());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_entry(
+        &mut self,
+        b: &mut Batch,
+        client: &str,
+        bucket: &str,
+        kind: CreditEntryKind,
+        amount: Decimal,
+        record: Option<RecordId>,
+        now: DateTime<Utc>,
+    ) -> u64 {
+        let seq = self.next_entry_seq();
+        b.group.credit_entries.push(CreditEntry {
+            seq,
+            client_id: client.to_owned(),
+            bucket_id: bucket.to_owned(),
+            kind,
+            amount,
+            record,
+            at: now,
+        });
+        b.touched_buckets
+            .insert((client.to_owned(), bucket.to_owned()));
+        seq
+    }
+
+    /// Expires whatever is left in buckets past their expiry.
+    fn sweep(&mut self, b: &mut Batch, client: &str, now: DateTime<Utc>) {
+        let Some(c) = self.clients.get_mut(client) else {
+            return;
+        };
+        let mut expired = Vec::new();
+        for bk in &mut c.buckets {
+            if bk.balance != Decimal::ZERO && bk.expires_at.is_some_and(|e| e <= now) {
+                expired.push((bk.id.clone(), -bk.balance));
+                bk.balance = Decimal::ZERO;
+            }
+        }
+        for (id, amount) in expired {
+            self.push_entry(b, client, &id, CreditEntryKind::Expiry, amount, None, now);
+        }
+    }
+
+    fn grant_included(
+        &mut self,
+        sh: &Shared,
+        b: &mut Batch,
+        client: &str,
+        period: Period,
+        now: DateTime<Utc>,
+    ) {
+        let Some(c) = self.clients.get(client) else {
+            return;
+        };
+        let amount = c.plan.included_per_period;
+        if amount <= Decimal::ZERO || c.has_included(period) {
+            return;
+        }
+        let id = format!("included:{period}");
+        let seq = self.push_entry(b, client, &id, CreditEntryKind::Grant, amount, None, now);
+        let cal = sh.cfg.calendar;
+        if let Some(c) = self.clients.get_mut(client) {
+            c.buckets.push(CreditBucket {
+                id,
+                client_id: client.to_owned(),
+                kind: BucketKind::Included { period },
+                granted: amount,
+                balance: amount,
+                created_seq: seq,
+                created_at: now,
+                // Unused included usage lapses when its period closes.
+                expires_at: Some(cal.end(period) + cal.grace),
+            });
+        }
+    }
+
+    /// Draws the record's charge from the client's credit, in consumption order.
+    fn consume(
+        &mut self,
+        b: &mut Batch,
+        stored: &StoredRecord,
+        now: DateTime<Utc>,
+    ) -> Vec<CreditUse> {
+        let client = stored.record.client_id.as_str();
+        let mut remaining = stored.record.total_charged;
+        let mut uses = Vec::new();
+        let Some(c) = self.clients.get_mut(client) else {
+            return uses;
+        };
+        for i in c.eligible(stored.id.period, now) {
+            if remaining <= Decimal::ZERO {
+                break;
+            }
+            let bk = &mut c.buckets[i];
+            let take = remaining.min(bk.balance);
+            bk.balance -= take;
+            remaining -= take;
+            uses.push(CreditUse {
+                bucket_id: bk.id.clone(),
+                amount: take,
+            });
+        }
+        for u in &uses {
+            self.push_entry(
+                b,
+                client,
+                &u.bucket_id,
+                CreditEntryKind::Consumption,
+                -u.amount,
+                Some(stored.id),
+                now,
+            );
+        }
+        uses
+    }
+
+    /// Gives back what the original record drew, to the same buckets.
+    fn refund(
+        &mut self,
+        b: &mut Batch,
+        orig: &StoredRecord,
+        reversal: &StoredRecord,
+        now: DateTime<Utc>,
+    ) -> Vec<CreditUse> {
+        let client = orig.record.client_id.as_str();
+        let mut uses = Vec::new();
+        let Some(c) = self.clients.get_mut(client) else {
+            return uses;
+        };
+        for u in &orig.credits_applied {
+            if let Some(bk) = c.buckets.iter_mut().find(|bk| bk.id == u.bucket_id) {
+                bk.balance += u.amount;
+                uses.push(CreditUse {
+                    bucket_id: u.bucket_id.clone(),
+                    amount: -u.amount,
+                });
+            }
+        }
+        for u in &uses {
+            self.push_entry(
+                b,
+                client,
+                &u.bucket_id,
+                CreditEntryKind::Reversal,
+                -u.amount,
+                Some(reversal.id),
+                now,
+            );
+        }
+        uses
+    }
+
+    fn check_alerts(&mut self, b: &mut Batch, stored: &StoredRecord, now: DateTime<Utc>) {
+        let client = &stored.record.client_id;
+        let period = stored.id.period;
+        let spend = self
+            .aggs
+            .get(&AggKey::Client {
+                client: client.clone(),
+                period,
+            })
+            .map(|t| t.total)
+            .unwrap_or_default();
+        let Some(c) = self.clients.get_mut(client) else {
+            return;
+        };
+        let Some(cap) = c.plan.monthly_cap else {
+            return;
+        };
+        if cap <= Decimal::ZERO {
+            return;
+        }
+        let thresholds: BTreeSet<u32> = c.plan.alert_thresholds_pct.iter().copied().collect();
+        let alerted = c.alerted.entry(period).or_default();
+        let mut crossed = Vec::new();
+        for pct in thresholds {
+            if spend * Decimal::ONE_HUNDRED >= cap * Decimal::from(pct) && alerted.insert(pct) {
+                crossed.push(pct);
+            }
+        }
+        for pct in crossed {
+            let id = self.meta.next_alert_id;
+            self.meta.next_alert_id += 1;
+            let alert = Alert {
+                id,
+                client_id: client.clone(),
+                agency_id: stored.record.agency_id.clone(),
+                period,
+                threshold_pct: pct,
+                cap,
+                spend,
+                record: stored.id,
+                created_at: now,
+                delivery: Delivery::Pending {
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_error: None,
+                },
+            };
+            b.group.alert_markers.push((client.clone(), period, pct));
+            b.alerts.insert(id, alert);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_topup(
+        &mut self,
+        sh: &Shared,
+        b: &mut Batch,
+        now: DateTime<Utc>,
+        client: &str,
+        amount: Decimal,
+        key: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<TopUpOutcome, LedgerError> {
+        check_id("client_id", client)?;
+        check_id("top-up idempotency key", key)?;
+        if amount <= Decimal::ZERO {
+            return Err(LedgerError::InvalidArgument(format!(
+                "top-up amount must be positive, got {amount}"
+            )));
+        }
+        if let Some(bk) = b.new_topups.get(key) {
+            return Ok(TopUpOutcome::Duplicate(bk.clone()));
+        }
+        if let Some(bucket_id) = sh.store.find_topup_key(key)? {
+            let found = sh
+                .store
+                .buckets(client)?
+                .into_iter()
+                .find(|bk| bk.id == bucket_id);
+            return match found {
+                Some(bk) => Ok(TopUpOutcome::Duplicate(bk)),
+                None => Err(LedgerError::InvalidArgument(format!(
+                    "top-up key {key:?} was used for another client"
+                ))),
+            };
+        }
+        self.load_client(&*sh.store, client)?;
+        let id = format!("topup:{key}");
+        let seq = self.push_entry(b, client, &id, CreditEntryKind::TopUp, amount, None, now);
+        let bucket = CreditBucket {
+            id: id.clone(),
+            client_id: client.to_owned(),
+            kind: BucketKind::TopUp {
+                idempotency_key: key.to_owned(),
+            },
+            granted: amount,
+            balance: amount,
+            created_seq: seq,
+            created_at: now,
+            expires_at,
+        };
+        if let Some(c) = self.clients.get_mut(client) {
+            c.buckets.push(bucket.clone());
+        }
+        b.group.topup_keys.push((key.to_owned(), id));
+        b.new_topups.insert(key.to_owned(), bucket.clone());
+        Ok(TopUpOutcome::Applied(bucket))
+    }
+
+    /// Turns the batch into the store's commit group.
+    fn finish(&self, mut b: Batch) -> CommitGroup {
+        let mut g = std::mem::take(&mut b.group);
+        g.aggregates = b
+            .deltas
+            .into_iter()
+            .map(|(key, delta)| {
+                let value = self.aggs.get(&key).cloned().unwrap_or_default();
+                AggregateWrite { key, delta, value }
+            })
+            .collect();
+        for (client, id) in b.touched_buckets {
+            if let Some(bk) = self
+                .clients
+                .get(&client)
+                .and_then(|c| c.buckets.iter().find(|bk| bk.id == id))
+            {
+                g.buckets.push(bk.clone());
+            }
+        }
+        g.alerts = b.alerts.into_values().collect();
+        g.meta = self.meta;
+        g
+    }
+}
+
+fn validate_plan(p: &ClientPlan) -> Result<(), LedgerError> {
+    let bad = |m: String| Err(LedgerError::InvalidArgument(m));
+    check_id("client_id", &p.client_id).map_err(|e| LedgerError::InvalidArgument(e.to_string()))?;
+    if p.monthly_cap.is_some_and(|c| c < Decimal::ZERO) {
+        return bad("monthly cap is negative".into());
+    }
+    if p.included_per_period < Decimal::ZERO {
+        return bad("included usage is negative".into());
+    }
+    if p.alert_thresholds_pct.contains(&0) {
+        return bad("alert thresholds must be positive percentages".into());
+    }
+    Ok(())
+}
+
+/// The writer thread's loop. Ends when every sender is gone, after a final flush.
+pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
+    let mut dirty = false;
+    let mut last_flush = Instant::now();
+    let flush = |sh: &Shared| {
+        if let Err(e) = sh.store.sync() {
+            tracing::error!(error = %e, "ledger flush failed; ledger poisoned");
+            sh.poison(format!("flush failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    };
+    loop {
+        let first = match sh.cfg.durability {
+            Durability::Sync => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+            Durability::Batched { flush_every } => {
+                let wait = if dirty {
+                    flush_every.saturating_sub(last_flush.elapsed())
+                } else {
+                    std::time::Duration::from_secs(3600)
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(j) => j,
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        let _ = flush(&sh);
+                        dirty = false;
+                        last_flush = Instant::now();
+                        continue;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < sh.cfg.max_batch {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut results = sh.apply_jobs(&jobs);
+        let wrote = results.iter().any(|r| r.is_ok());
+        match sh.cfg.durability {
+            Durability::Sync => {
+                if wrote && let Err(e) = flush(&sh) {
+                    let msg = format!("flush failed: {e}");
+                    for r in &mut results {
+                        *r = Err(LedgerError::Poisoned(msg.clone()));
+                    }
+                }
+            }
+            Durability::Batched { flush_every } => {
+                dirty |= wrote;
+                if dirty && last_flush.elapsed() >= flush_every {
+                    let _ = flush(&sh);
+                    dirty = false;
+                    last_flush = Instant::now();
+                }
+            }
+        }
+        for (job, res) in jobs.into_iter().zip(results) {
+            // A waiter that gave up (dropped its receiver) is not an error.
+            let _ = job.reply.send(res);
+        }
+    }
+    let _ = flush(&sh);
+}

@@ -1,0 +1,416 @@
+//! The public handle the gateway and admin tools hold: writes go through the
+//! group-commit queue (sync and async flavours), reads go straight to the store's
+//! running aggregates.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::config::LedgerConfig;
+use crate::engine::{Command, Job, Reply, Reservation, Shared, run_writer};
+use crate::error::LedgerError;
+use crate::model::{
+    AggKey, AggScan, Alert, ClientPlan, CreditBucket, CreditEntry, Delivery, Page, RecordId,
+    RecordOutcome, RecordQuery, ReservationId, StoredRecord, TopUpOutcome, UsageRecord, UsageSoFar,
+};
+use crate::money::Currency;
+use crate::period::{Calendar, Period};
+use crate::sled_store::SledStore;
+use crate::statement::{self, Payout, Settlement, Statement, UsageReport};
+use crate::store::LedgerStore;
+use crate::verify::{self, VerifyReport};
+
+/// A client's credit: `total` is the sum of every bucket balance (which equals
+/// the sum of all its entries); `available` excludes expired buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    pub client_id: String,
+    pub total: Decimal,
+    pub available: Decimal,
+    pub buckets: Vec<CreditBucket>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tx: Option<flume::Sender<Job>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer drain what is queued, flush, and exit.
+        self.tx.take();
+        if let Ok(mut w) = self.writer.lock()
+            && let Some(h) = w.take()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The usage ledger. Cheap to clone; the writer stops when the last clone drops.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("durability", &self.inner.shared.cfg.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Opens the sled ledger at `config.path` (temporary when `None`).
+    pub fn open(config: LedgerConfig) -> Result<Ledger, LedgerError> {
+        let store = match &config.path {
+            Some(p) => SledStore::open(p)?,
+            None => SledStore::temporary()?,
+        };
+        Self::open_with_store(Arc::new(store), config)
+    }
+
+    /// Opens the ledger on any [`LedgerStore`].
+    pub fn open_with_store(
+        store: Arc<dyn LedgerStore>,
+        config: LedgerConfig,
+    ) -> Result<Ledger, LedgerError> {
+        if config.queue_capacity == 0 || config.max_batch == 0 {
+            return Err(LedgerError::InvalidArgument(
+                "queue_capacity and max_batch must be positive".into(),
+            ));
+        }
+        let shared = Arc::new(Shared::open(store, config)?);
+        let (tx, rx) = flume::bounded(shared.cfg.queue_capacity);
+        let writer_shared = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("tollgate-ledger-writer".into())
+            .spawn(move || run_writer(writer_shared, rx))
+            .map_err(|e| LedgerError::InvalidArgument(format!("spawn writer: {e}")))?;
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Some(tx),
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    fn store(&self) -> &dyn LedgerStore {
+        &*self.inner.shared.store
+    }
+
+    pub fn currency(&self) -> Currency {
+        self.shared().cfg.currency
+    }
+
+    pub fn calendar(&self) -> Calendar {
+        self.shared().cfg.calendar
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.shared().cfg.clock.now()
+    }
+
+    /// The period usage finishing now is booked into.
+    pub fn current_period(&self) -> Period {
+        self.calendar().period_of(self.now())
+    }
+
+    fn submit(&self, cmd: Command) -> Result<Reply, LedgerError> {
+        let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
+        let (rtx, rrx) = flume::bounded(1);
+        let timeout = self.shared().cfg.enqueue_timeout;
+        tx.send_timeout(Job { cmd, reply: rtx }, timeout)
+            .map_err(|e| match e {
+                flume::SendTimeoutError::Timeout(_) => LedgerError::Overloaded {
+                    waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                },
+                flume::SendTimeoutError::Disconnected(_) => LedgerError::Closed,
+            })?;
+        rrx.recv().map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Async flavour of the queue round trip. Must run inside a tokio runtime
+    /// (the enqueue timeout uses tokio's timer); the group-commit wait is awaited.
+    async fn submit_async(&self, cmd: Command) -> Result<Reply, LedgerError> {
+        let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
+        let (rtx, rrx) = flume::bounded(1);
+        let timeout = self.shared().cfg.enqueue_timeout;
+        match tokio::time::timeout(timeout, tx.send_async(Job { cmd, reply: rtx })).await {
+            Err(_) => {
+                return Err(LedgerError::Overloaded {
+                    waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            Ok(Err(_)) => return Err(LedgerError::Closed),
+            Ok(Ok(())) => {}
+        }
+        rrx.recv_async().await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Records one request's usage, settling its reservation if it names one.
+    /// Retries with the same idempotency key return `Duplicate` with the stored
+    /// record. Blocks until durable (sync) or applied (batched).
+    pub fn record(&self, record: UsageRecord) -> Result<RecordOutcome, LedgerError> {
+        expect_record(self.submit(Command::Record(Box::new(record)))?)
+    }
+
+    /// [`Ledger::record`] for async callers.
+    pub async fn record_async(&self, record: UsageRecord) -> Result<RecordOutcome, LedgerError> {
+        expect_record(self.submit_async(Command::Record(Box::new(record))).await?)
+    }
+
+    /// Books a reversal of the record stored under `original_idempotency_key`:
+    /// negated amounts, tokens and units, credit given back. Idempotent.
+    pub fn reverse(
+        &self,
+        original_idempotency_key: &str,
+        reason: &str,
+    ) -> Result<RecordOutcome, LedgerError> {
+        expect_record(self.submit(Command::Reverse {
+            original_key: original_idempotency_key.to_owned(),
+            reason: reason.to_owned(),
+        })?)
+    }
+
+    /// [`Ledger::reverse`] for async callers.
+    pub async fn reverse_async(
+        &self,
+        original_idempotency_key: &str,
+        reason: &str,
+    ) -> Result<RecordOutcome, LedgerError> {
+        expect_record(
+            self.submit_async(Command::Reverse {
+                original_key: original_idempotency_key.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?,
+        )
+    }
+
+    /// Reserves an upper estimate before the upstream call. Refused with
+    /// `CapExceeded` when spent + outstanding + estimate would pass the hard cap,
+    /// and with `InsufficientBalance` when a prepaid client's credit can't cover it.
+    /// In-memory only: reservations do not survive a restart (their requests don't either).
+    pub fn reserve(&self, client_id: &str, estimate: Decimal) -> Result<Reservation, LedgerError> {
+        self.shared().reserve(client_id, estimate)
+    }
+
+    /// Releases a reservation whose request failed without usage.
+    pub fn release(&self, id: ReservationId) -> Result<(), LedgerError> {
+        self.shared().release(id)
+    }
+
+    /// Sum of the client's outstanding reservations.
+    pub fn outstanding(&self, client_id: &str) -> Result<Decimal, LedgerError> {
+        self.shared().outstanding(client_id)
+    }
+
+    /// Spend, request count and unit totals of a client in a period, read from
+    /// the running aggregates (a point read plus a short prefix scan).
+    pub fn usage_so_far(&self, client_id: &str, period: Period) -> Result<UsageSoFar, LedgerError> {
+        let t = self
+            .store()
+            .get_aggregate(&AggKey::Client {
+                client: client_id.to_owned(),
+                period,
+            })?
+            .unwrap_or_default();
+        let mut units = BTreeMap::new();
+        for (k, v) in self.store().scan_aggregates(&AggScan::ClientUnits {
+            client: client_id.to_owned(),
+            period,
+        })? {
+            if let AggKey::ClientUnit { unit, .. } = k {
+                units.insert(unit, v.quantity);
+            }
+        }
+        Ok(UsageSoFar {
+            spend: t.total,
+            requests: t.requests,
+            units,
+        })
+    }
+
+    /// Sets a client's plan (cap, thresholds, billing, included usage). Durable.
+    pub fn set_plan(&self, plan: ClientPlan) -> Result<(), LedgerError> {
+        self.submit(Command::SetPlan(plan)).map(|_| ())
+    }
+
+    pub fn plan(&self, client_id: &str) -> Result<ClientPlan, LedgerError> {
+        Ok(self
+            .store()
+            .get_plan(client_id)?
+            .unwrap_or_else(|| ClientPlan::default_for(client_id)))
+    }
+
+    /// Adds prepaid credit. Idempotent on `idempotency_key`.
+    pub fn top_up(
+        &self,
+        client_id: &str,
+        amount: Decimal,
+        idempotency_key: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<TopUpOutcome, LedgerError> {
+        match self.submit(Command::TopUp {
+            client: client_id.to_owned(),
+            amount,
+            key: idempotency_key.to_owned(),
+            expires_at,
+        })? {
+            Reply::TopUp(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Writes expiry entries for the client's lapsed credit now (otherwise done
+    /// lazily with its next usage).
+    pub fn sweep_expired(&self, client_id: &str) -> Result<(), LedgerError> {
+        self.submit(Command::SweepExpired(client_id.to_owned()))
+            .map(|_| ())
+    }
+
+    pub fn balance(&self, client_id: &str) -> Result<Balance, LedgerError> {
+        let now = self.now();
+        let buckets = self.store().buckets(client_id)?;
+        let total = buckets.iter().map(|b| b.balance).sum();
+        let available = buckets
+            .iter()
+            .filter(|b| b.expires_at.is_none_or(|e| e > now))
+            .map(|b| b.balance)
+            .sum();
+        Ok(Balance {
+            client_id: client_id.to_owned(),
+            total,
+            available,
+            buckets,
+        })
+    }
+
+    pub fn credit_entries(&self, client_id: &str) -> Result<Vec<CreditEntry>, LedgerError> {
+        Ok(self.store().credit_entries(Some(client_id))?)
+    }
+
+    pub fn get_record(&self, id: RecordId) -> Result<Option<StoredRecord>, LedgerError> {
+        Ok(self.store().get_record(id)?)
+    }
+
+    /// Records by period / client / model / unit, a page at a time.
+    pub fn records(&self, query: &RecordQuery) -> Result<Page<StoredRecord>, LedgerError> {
+        Ok(self.store().query_records(query)?)
+    }
+
+    /// Every alert in the outbox, oldest first.
+    pub fn alerts(&self) -> Result<Vec<Alert>, LedgerError> {
+        Ok(self.store().alerts()?)
+    }
+
+    /// Alerts due for a delivery attempt at `now`, oldest first.
+    pub fn pending_alerts(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, LedgerError> {
+        let mut out: Vec<Alert> = self
+            .store()
+            .alerts()?
+            .into_iter()
+            .filter(|a| {
+                matches!(a.delivery, Delivery::Pending { next_attempt_at, .. } if next_attempt_at <= now)
+            })
+            .collect();
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// The webhook accepted the alert.
+    pub fn mark_delivered(&self, alert_id: u64) -> Result<Alert, LedgerError> {
+        expect_alert(self.submit(Command::AlertDelivered(alert_id))?)
+    }
+
+    /// A delivery attempt failed; schedules the next one (exponential backoff)
+    /// or gives up after the last attempt.
+    pub fn mark_attempt_failed(&self, alert_id: u64, error: &str) -> Result<Alert, LedgerError> {
+        expect_alert(self.submit(Command::AlertFailed {
+            id: alert_id,
+            error: error.to_owned(),
+        })?)
+    }
+
+    /// A client's statement for a period, from running aggregates.
+    pub fn statement(&self, client_id: &str, period: Period) -> Result<Statement, LedgerError> {
+        statement::statement(self.store(), self.currency(), client_id, period)
+    }
+
+    /// An agency's payout for a closed period.
+    pub fn payout(&self, agency_id: &str, period: Period) -> Result<Payout, LedgerError> {
+        let cal = self.calendar();
+        if !cal.is_closed(period, self.now()) {
+            return Err(LedgerError::PeriodOpen {
+                period,
+                closes_at: cal.end(period) + cal.grace,
+            });
+        }
+        statement::payout(
+            self.store(),
+            self.currency(),
+            agency_id,
+            period,
+            self.shared().cfg.platform_fee_pct,
+        )
+    }
+
+    /// What is owed to each upstream provider for a period.
+    pub fn settlement(&self, period: Period) -> Result<Settlement, LedgerError> {
+        statement::settlement(self.store(), self.currency(), period)
+    }
+
+    /// Usage per model for a period, for one client or everyone.
+    pub fn usage_report(
+        &self,
+        period: Period,
+        client_id: Option<&str>,
+    ) -> Result<UsageReport, LedgerError> {
+        statement::usage_report(self.store(), self.currency(), period, client_id)
+    }
+
+    /// Recomputes aggregates, balances and idempotency from the raw records and
+    /// entries and compares them with the stored running state.
+    pub fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        verify::verify(self.store())
+    }
+
+    /// Durability barrier: everything acknowledged so far is on disk afterwards.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        Ok(self.store().sync()?)
+    }
+}
+
+fn unexpected(r: &Reply) -> LedgerError {
+    LedgerError::InvalidArgument(format!("writer replied with unexpected {r:?}"))
+}
+
+fn expect_record(r: Reply) -> Result<RecordOutcome, LedgerError> {
+    match r {
+        Reply::Record(o) => Ok(o),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn expect_alert(r: Reply) -> Result<Alert, LedgerError> {
+    match r {
+        Reply::Alert(a) => Ok(a),
+        other => Err(unexpected(&other)),
+    }
+}

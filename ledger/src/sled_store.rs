@@ -1,0 +1,633 @@
+//! The embedded sled backend: everything in ONE tree with one-byte key prefixes,
+//! so a whole group commit is a single atomic `Tree::apply_batch`. Integers in
+//! keys are big-endian and strings are length-prefixed, so `(client, period)`
+//! and `(period, seq)` range scans are plain prefix scans.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::StoreError;
+use crate::model::{
+    AggKey, AggScan, Alert, ClientPlan, CreditBucket, CreditEntry, Meta, Page, RecordId,
+    RecordQuery, StoredRecord, Totals,
+};
+use crate::period::Period;
+use crate::store::{CommitGroup, LedgerStore};
+
+const META: &[u8] = b"M";
+const RECORD: u8 = b'R';
+const IDEMPOTENCY: u8 = b'I';
+const CLIENT_INDEX: u8 = b'C';
+const AGGREGATE: u8 = b'A';
+const PLAN: u8 = b'P';
+const BUCKET: u8 = b'B';
+const TOPUP_KEY: u8 = b'T';
+const ENTRY: u8 = b'E';
+const ALERT: u8 = b'L';
+const ALERT_MARKER: u8 = b'D';
+
+/// Sled-backed [`LedgerStore`].
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database at `path`. Sled's own background flusher is
+    /// off: the engine decides when to flush, per durability mode.
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    /// An in-memory database that disappears on drop (tests).
+    pub fn temporary() -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
+        let tree = db.open_tree("ledger")?;
+        Ok(SledStore { db, tree })
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key)? {
+            Some(v) => Ok(Some(decode(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan_json<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn corrupt(key: &[u8], reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    // Length-prefixing (rather than a terminator) keeps any byte legal in ids
+    // while a prefix of fields still identifies a unique key range.
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_period(buf: &mut Vec<u8>, p: Period) {
+    buf.extend_from_slice(&p.key().to_be_bytes());
+}
+
+struct Reader<'a> {
+    key: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.key.len());
+        let end = end.ok_or_else(|| corrupt(self.key, "key too short"))?;
+        let s = &self.key[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn string(&mut self) -> Result<String, StoreError> {
+        let len = self.u32()? as usize;
+        let b = self.take(len)?;
+        String::from_utf8(b.to_vec()).map_err(|_| corrupt(self.key, "non-UTF-8 id"))
+    }
+    fn period(&mut self) -> Result<Period, StoreError> {
+        let k = self.u32()?;
+        Period::from_key(k).map_err(|_| corrupt(self.key, "bad period"))
+    }
+}
+
+fn record_key(id: RecordId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(RECORD);
+    put_period(&mut k, id.period);
+    k.extend_from_slice(&id.seq.to_be_bytes());
+    k
+}
+
+fn id_bytes(id: RecordId) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&id.period.key().to_be_bytes());
+    b[4..].copy_from_slice(&id.seq.to_be_bytes());
+    b
+}
+
+fn id_from_bytes(key: &[u8], b: &[u8]) -> Result<RecordId, StoreError> {
+    let mut r = Reader { key: b, pos: 0 };
+    let period = r.period().map_err(|_| corrupt(key, "bad record id"))?;
+    let seq = r.u64().map_err(|_| corrupt(key, "bad record id"))?;
+    Ok(RecordId { period, seq })
+}
+
+fn prefixed(tag: u8, s: &str) -> Vec<u8> {
+    let mut k = vec![tag];
+    k.extend_from_slice(s.as_bytes());
+    k
+}
+
+fn client_index_key(client: &str, id: RecordId) -> Vec<u8> {
+    let mut k = vec![CLIENT_INDEX];
+    put_str(&mut k, client);
+    k.extend_from_slice(&id_bytes(id));
+    k
+}
+
+/// Encodes an aggregate key; field order matches the scans in [`agg_scan_prefix`].
+pub(crate) fn agg_key(key: &AggKey) -> Vec<u8> {
+    let mut k = vec![AGGREGATE];
+    match key {
+        AggKey::Client { client, period } => {
+            k.push(1);
+            put_str(&mut k, client);
+            put_period(&mut k, *period);
+        }
+        AggKey::Agency { agency, period } => {
+            k.push(2);
+            put_str(&mut k, agency);
+            put_period(&mut k, *period);
+        }
+        AggKey::AgencyClient {
+            agency,
+            period,
+            client,
+        } => {
+            k.push(3);
+            put_str(&mut k, agency);
+            put_period(&mut k, *period);
+            put_str(&mut k, client);
+        }
+        AggKey::ClientModel {
+            client,
+            period,
+            model,
+        } => {
+            k.push(4);
+            put_str(&mut k, client);
+            put_period(&mut k, *period);
+            put_str(&mut k, model);
+        }
+        AggKey::ClientUnit {
+            client,
+            period,
+            unit,
+        } => {
+            k.push(5);
+            put_str(&mut k, client);
+            put_period(&mut k, *period);
+            put_str(&mut k, unit);
+        }
+        AggKey::Provider { period, provider } => {
+            k.push(6);
+            put_period(&mut k, *period);
+            put_str(&mut k, provider);
+        }
+        AggKey::Model { period, model } => {
+            k.push(7);
+            put_period(&mut k, *period);
+            put_str(&mut k, model);
+        }
+    }
+    k
+}
+
+fn agg_scan_prefix(scan: &AggScan) -> Vec<u8> {
+    let mut k = vec![AGGREGATE];
+    match scan {
+        AggScan::ClientModels { client, period } => {
+            k.push(4);
+            put_str(&mut k, client);
+            put_period(&mut k, *period);
+        }
+        AggScan::ClientUnits { client, period } => {
+            k.push(5);
+            put_str(&mut k, client);
+            put_period(&mut k, *period);
+        }
+        AggScan::AgencyClients { agency, period } => {
+            k.push(3);
+            put_str(&mut k, agency);
+            put_period(&mut k, *period);
+        }
+        AggScan::Providers { period } => {
+            k.push(6);
+            put_period(&mut k, *period);
+        }
+        AggScan::Models { period } => {
+            k.push(7);
+            put_period(&mut k, *period);
+        }
+        AggScan::All => {}
+    }
+    k
+}
+
+pub(crate) fn decode_agg_key(key: &[u8]) -> Result<AggKey, StoreError> {
+    let mut r = Reader { key, pos: 0 };
+    let tag = r.take(2)?;
+    if tag[0] != AGGREGATE {
+        return Err(corrupt(key, "not an aggregate key"));
+    }
+    let k = match tag[1] {
+        1 => AggKey::Client {
+            client: r.string()?,
+            period: r.period()?,
+        },
+        2 => AggKey::Agency {
+            agency: r.string()?,
+            period: r.period()?,
+        },
+        3 => AggKey::AgencyClient {
+            agency: r.string()?,
+            period: r.period()?,
+            client: r.string()?,
+        },
+        4 => AggKey::ClientModel {
+            client: r.string()?,
+            period: r.period()?,
+            model: r.string()?,
+        },
+        5 => AggKey::ClientUnit {
+            client: r.string()?,
+            period: r.period()?,
+            unit: r.string()?,
+        },
+        6 => AggKey::Provider {
+            period: r.period()?,
+            provider: r.string()?,
+        },
+        7 => AggKey::Model {
+            period: r.period()?,
+            model: r.string()?,
+        },
+        _ => return Err(corrupt(key, "unknown aggregate kind")),
+    };
+    if r.pos != key.len() {
+        return Err(corrupt(key, "trailing bytes in aggregate key"));
+    }
+    Ok(k)
+}
+
+fn bucket_key(client: &str, id: &str) -> Vec<u8> {
+    let mut k = vec![BUCKET];
+    put_str(&mut k, client);
+    put_str(&mut k, id);
+    k
+}
+
+fn entry_key(client: &str, seq: u64) -> Vec<u8> {
+    let mut k = vec![ENTRY];
+    put_str(&mut k, client);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn marker_prefix(client: &str, period: Period) -> Vec<u8> {
+    let mut k = vec![ALERT_MARKER];
+    put_str(&mut k, client);
+    put_period(&mut k, period);
+    k
+}
+
+fn alert_key(id: u64) -> Vec<u8> {
+    let mut k = vec![ALERT];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn decode_cursor(c: &str) -> Result<Vec<u8>, StoreError> {
+    hex::decode(c).map_err(|_| StoreError::Backend(format!("invalid cursor {c:?}")))
+}
+
+impl LedgerStore for SledStore {
+    fn load_meta(&self) -> Result<Meta, StoreError> {
+        Ok(self.get_json(META)?.unwrap_or_default())
+    }
+
+    fn commit(&self, g: &CommitGroup) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for r in &g.records {
+            b.insert(record_key(r.id), encode(r)?);
+            b.insert(
+                prefixed(IDEMPOTENCY, &r.record.idempotency_key),
+                id_bytes(r.id).to_vec(),
+            );
+            b.insert(client_index_key(&r.record.client_id, r.id), Vec::new());
+        }
+        for a in &g.aggregates {
+            b.insert(agg_key(&a.key), encode(&a.value)?);
+        }
+        for e in &g.credit_entries {
+            b.insert(entry_key(&e.client_id, e.seq), encode(e)?);
+        }
+        for bk in &g.buckets {
+            b.insert(bucket_key(&bk.client_id, &bk.id), encode(bk)?);
+        }
+        for (key, bucket) in &g.topup_keys {
+            b.insert(prefixed(TOPUP_KEY, key), bucket.as_bytes().to_vec());
+        }
+        for p in &g.plans {
+            b.insert(prefixed(PLAN, &p.client_id), encode(p)?);
+        }
+        for a in &g.alerts {
+            b.insert(alert_key(a.id), encode(a)?);
+        }
+        for (client, period, pct) in &g.alert_markers {
+            let mut k = marker_prefix(client, *period);
+            k.extend_from_slice(&pct.to_be_bytes());
+            b.insert(k, Vec::new());
+        }
+        b.insert(META, encode(&g.meta)?);
+        self.tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn find_idempotency_key(&self, key: &str) -> Result<Option<RecordId>, StoreError> {
+        let k = prefixed(IDEMPOTENCY, key);
+        match self.tree.get(&k)? {
+            Some(v) => Ok(Some(id_from_bytes(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn idempotency_key_count(&self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for kv in self.tree.scan_prefix([IDEMPOTENCY]) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn get_record(&self, id: RecordId) -> Result<Option<StoredRecord>, StoreError> {
+        self.get_json(&record_key(id))
+    }
+
+    fn query_records(&self, q: &RecordQuery) -> Result<Page<StoredRecord>, StoreError> {
+        let limit = if q.limit == 0 { 100 } else { q.limit };
+        let by_client = q.client.is_some();
+        let mut prefix = match &q.client {
+            Some(c) => {
+                let mut k = vec![CLIENT_INDEX];
+                put_str(&mut k, c);
+                k
+            }
+            None => vec![RECORD],
+        };
+        let id_offset = prefix.len();
+        if let Some(p) = q.period {
+            put_period(&mut prefix, p);
+        }
+        let start = match &q.cursor {
+            Some(c) => Bound::Excluded(decode_cursor(c)?),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut items = Vec::new();
+        let mut last_key: Option<Vec<u8>> = None;
+        for kv in self.tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let rec: StoredRecord = if by_client {
+                let id = id_from_bytes(&k, &k[id_offset..])?;
+                match self.get_record(id)? {
+                    Some(r) => r,
+                    None => return Err(corrupt(&k, "client index points at no record")),
+                }
+            } else {
+                decode(&k, &v)?
+            };
+            last_key = Some(k.to_vec());
+            let u = &rec.record;
+            let model_ok = q
+                .model
+                .as_ref()
+                .is_none_or(|m| &u.routed_model == m || &u.requested_model == m);
+            let unit_ok = q.unit.as_ref().is_none_or(|n| u.units.contains_key(n));
+            if model_ok && unit_ok {
+                items.push(rec);
+                if items.len() == limit {
+                    break;
+                }
+            }
+        }
+        let next_cursor = if items.len() == limit {
+            last_key.map(hex::encode)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    fn for_each_record(
+        &self,
+        f: &mut dyn FnMut(StoredRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for kv in self.tree.scan_prefix([RECORD]) {
+            let (k, v) = kv?;
+            f(decode(&k, &v)?)?;
+        }
+        Ok(())
+    }
+
+    fn get_aggregate(&self, key: &AggKey) -> Result<Option<Totals>, StoreError> {
+        self.get_json(&agg_key(key))
+    }
+
+    fn scan_aggregates(&self, scan: &AggScan) -> Result<Vec<(AggKey, Totals)>, StoreError> {
+        self.tree
+            .scan_prefix(agg_scan_prefix(scan))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((decode_agg_key(&k)?, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    fn get_plan(&self, client: &str) -> Result<Option<ClientPlan>, StoreError> {
+        self.get_json(&prefixed(PLAN, client))
+    }
+
+    fn buckets(&self, client: &str) -> Result<Vec<CreditBucket>, StoreError> {
+        let mut k = vec![BUCKET];
+        put_str(&mut k, client);
+        self.scan_json(&k)
+    }
+
+    fn all_buckets(&self) -> Result<Vec<CreditBucket>, StoreError> {
+        self.scan_json(&[BUCKET])
+    }
+
+    fn find_topup_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let k = prefixed(TOPUP_KEY, key);
+        match self.tree.get(&k)? {
+            Some(v) => Ok(Some(
+                String::from_utf8(v.to_vec()).map_err(|_| corrupt(&k, "bucket id"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn credit_entries(&self, client: Option<&str>) -> Result<Vec<CreditEntry>, StoreError> {
+        let mut k = vec![ENTRY];
+        if let Some(c) = client {
+            put_str(&mut k, c);
+        }
+        self.scan_json(&k)
+    }
+
+    fn alerted_thresholds(&self, client: &str, period: Period) -> Result<Vec<u32>, StoreError> {
+        let prefix = marker_prefix(client, period);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, _) = kv?;
+                let mut r = Reader {
+                    key: &k,
+                    pos: prefix.len(),
+                };
+                r.u32()
+            })
+            .collect()
+    }
+
+    fn get_alert(&self, id: u64) -> Result<Option<Alert>, StoreError> {
+        self.get_json(&alert_key(id))
+    }
+
+    fn alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        self.scan_json(&[ALERT])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregate_keys_round_trip_and_scan_prefixes_select_them() {
+        let p: Period = "2025-03".parse().unwrap();
+        let keys = [
+            AggKey::Client {
+                client: "c1".into(),
+                period: p,
+            },
+            AggKey::Agency {
+                agency: "a".into(),
+                period: p,
+            },
+            AggKey::AgencyClient {
+                agency: "a".into(),
+                period: p,
+                client: "c\u{0}1".into(),
+            },
+            AggKey::ClientModel {
+                client: "c1".into(),
+                period: p,
+                model: "gpt".into(),
+            },
+            AggKey::ClientUnit {
+                client: "c1".into(),
+                period: p,
+                unit: "doc".into(),
+            },
+            AggKey::Provider {
+                period: p,
+                provider: "openai".into(),
+            },
+            AggKey::Model {
+                period: p,
+                model: "gpt".into(),
+            },
+        ];
+        for k in &keys {
+            assert_eq!(&decode_agg_key(&agg_key(k)).unwrap(), k);
+        }
+        let scan = agg_scan_prefix(&AggScan::ClientModels {
+            client: "c1".into(),
+            period: p,
+        });
+        let matching: Vec<_> = keys
+            .iter()
+            .filter(|k| agg_key(k).starts_with(&scan))
+            .collect();
+        assert_eq!(matching, vec![&keys[3]]);
+        // "c1" must not be a prefix-match for client "c10".
+        let other = AggKey::ClientModel {
+            client: "c10".into(),
+            period: p,
+            model: "gpt".into(),
+        };
+        assert!(!agg_key(&other).starts_with(&scan));
+    }
+
+    #[test]
+    fn period_keys_sort_chronologically_in_record_keys() {
+        let a = record_key(RecordId {
+            period: "2024-12".parse().unwrap(),
+            seq: 99,
+        });
+        let b = record_key(RecordId {
+            period: "2025-01".parse().unwrap(),
+            seq: 1,
+        });
+        assert!(a < b);
+    }
+}
