@@ -1,1 +1,9 @@
-//! x
+//! Tollgate: an OpenAI-compatible inference gateway where each agency's
+//! WebAssembly plugin routes, meters and prices its clients' requests.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of modules.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod demo_catalog;
+pub mod plugin;

@@ -1,0 +1,385 @@
+//! `tollgate plugin …`: write, check, run and test plugins locally, offline.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use tollgate_plugin_types::fixture::{self, CaseInput, UsageInput};
+use tollgate_plugin_types::{ModelOffer, RequestSummary};
+
+use crate::plugin::local::{LocalRunner, total_time};
+use crate::plugin::{PluginMetrics, PluginRuntime, RuntimeLimits};
+
+/// Plugin tooling.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Scaffold a plugin project that builds and passes its own tests.
+    New(NewArgs),
+    /// Validate a component and print what it is.
+    Check(CheckArgs),
+    /// Run route, meter and price on one request, as the gateway would.
+    Run(RunArgs),
+    /// Run a folder of fixture cases against a plugin's Wasm build.
+    Test(TestArgs),
+}
+
+/// Arguments of `plugin new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// Crate name: lower-case letters, digits and `-`.
+    pub name: String,
+    /// Where to create the project (default: `./NAME`).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Path to the tollgate-plugin-sdk crate (default: the one this binary was built from).
+    #[arg(long)]
+    pub sdk: Option<PathBuf>,
+}
+
+/// Arguments of `plugin check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The component (`.wasm`).
+    pub file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `plugin run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The component (`.wasm`).
+    pub file: PathBuf,
+    /// The binding configuration: a JSON file, or inline JSON.
+    #[arg(long, default_value = "{}")]
+    pub config: String,
+    /// The request summary (JSON; fields left out take defaults).
+    #[arg(long)]
+    pub request: PathBuf,
+    /// What the request consumed (JSON; default: the prompt tokens, no output).
+    #[arg(long)]
+    pub usage: Option<PathBuf>,
+    /// The offers the client may use (JSON list; default: the demo catalog).
+    #[arg(long)]
+    pub offers: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `plugin test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// A plugin project (built, then its `fixtures/` run) or a fixtures folder.
+    pub dir: PathBuf,
+    /// Test this component instead of building the project.
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// Cargo target directory for the build.
+    #[arg(long)]
+    pub target_dir: Option<PathBuf>,
+}
+
+/// Runs a plugin subcommand; returns the exit code.
+pub fn run(cmd: PluginCommand) -> anyhow::Result<i32> {
+    match cmd {
+        PluginCommand::New(args) => new(args),
+        PluginCommand::Check(args) => check(args),
+        PluginCommand::Run(args) => run_one(args),
+        PluginCommand::Test(args) => test(args),
+    }
+}
+
+fn read_component(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn runner(path: &Path, measure_fuel: bool) -> anyhow::Result<LocalRunner> {
+    let limits = RuntimeLimits {
+        measure_fuel,
+        ..RuntimeLimits::default()
+    };
+    let runtime = PluginRuntime::new(limits, PluginMetrics::default())?;
+    let bytes = read_component(path)?;
+    LocalRunner::load(runtime, bytes).with_context(|| format!("{} was refused", path.display()))
+}
+
+fn new(args: NewArgs) -> anyhow::Result<i32> {
+    let name = args.name;
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!("plugin name {name:?} is invalid: use lower-case letters, digits and `-`, starting with a letter");
+    }
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(&name));
+    if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} already exists and is not empty", dir.display());
+    }
+    let sdk = match args.sdk {
+        Some(p) => p,
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk"),
+    };
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("the plugin SDK is not at {} (pass --sdk PATH)", sdk.display()))?;
+    let crate_ident = name.replace('-', "_");
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &name)
+            .replace("{{crate_ident}}", &crate_ident)
+            .replace("{{sdk_path}}", &sdk.display().to_string().replace('\\', "/"))
+            .replace("{{channel}}", TOOLCHAIN_CHANNEL)
+    };
+    let files: [(&str, String); 9] = [
+        ("Cargo.toml", fill(include_str!("scaffold/Cargo.toml.tmpl"))),
+        ("rust-toolchain.toml", fill(include_str!("scaffold/rust-toolchain.toml.tmpl"))),
+        ("README.md", fill(include_str!("scaffold/README.md.tmpl"))),
+        ("src/lib.rs", fill(include_str!("scaffold/lib.rs.tmpl"))),
+        ("tests/fixtures.rs", fill(include_str!("scaffold/fixtures_test.rs.tmpl"))),
+        ("fixtures/catalog.json", include_str!("scaffold/catalog.json").into()),
+        ("fixtures/basic/input.json", include_str!("scaffold/basic_input.json").into()),
+        ("fixtures/basic/expected.json", include_str!("scaffold/basic_expected.json").into()),
+        ("fixtures/bad-config/input.json", include_str!("scaffold/bad_config_input.json").into()),
+    ];
+    for (rel, content) in files
+        .iter()
+        .map(|(r, c)| (*r, c.as_str()))
+        .chain([("fixtures/bad-config/expected.json", include_str!("scaffold/bad_config_expected.json"))])
+        .chain([(".gitignore", "/target\n")])
+    {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, content).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("Created plugin `{name}` in {}", dir.display());
+    println!("  cd {} && cargo test                # native tests", dir.display());
+    println!("  tollgate plugin test {}            # the fixtures against the Wasm build", dir.display());
+    Ok(0)
+}
+
+/// The toolchain the scaffold pins: the one this repository pins.
+const TOOLCHAIN_CHANNEL: &str = "1.95.0";
+
+#[derive(serde::Serialize)]
+struct CheckReport<'a> {
+    file: String,
+    sha256: String,
+    size_bytes: usize,
+    world: &'static str,
+    name: &'a str,
+    version: &'a str,
+    description: &'a str,
+    exports: &'a [String],
+    imports: &'a [String],
+    compile_ms: f64,
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<i32> {
+    let runner = match runner(&args.file, false) {
+        Ok(r) => r,
+        Err(e) => {
+            if args.json {
+                println!("{}", serde_json::json!({"file": args.file, "valid": false, "error": format!("{e:#}")}));
+            } else {
+                eprintln!("✗ {e:#}");
+            }
+            return Ok(1);
+        }
+    };
+    let p = runner.plugin();
+    let report = CheckReport {
+        file: args.file.display().to_string(),
+        sha256: p.hash().hex(),
+        size_bytes: p.size(),
+        world: p.world().as_str(),
+        name: &p.info().name,
+        version: &p.info().version,
+        description: &p.info().description,
+        exports: p.exports(),
+        imports: p.imports(),
+        compile_ms: p.compile_time().as_secs_f64() * 1000.0,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
+    println!("✓ {} is a valid Tollgate plugin", report.file);
+    println!("  plugin     {} {}", report.name, report.version);
+    if !report.description.is_empty() {
+        println!("  about      {}", report.description);
+    }
+    println!("  world      {}", report.world);
+    println!("  sha256     {}", report.sha256);
+    println!("  size       {} bytes", report.size_bytes);
+    println!("  compile    {:.1} ms", report.compile_ms);
+    println!("  exports    {}", report.exports.join(", "));
+    println!("  imports    {}", report.imports.join("\n             "));
+    Ok(0)
+}
+
+fn read_config(arg: &str) -> anyhow::Result<serde_json::Value> {
+    let path = Path::new(arg);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {arg}"))?
+    } else {
+        arg.to_owned()
+    };
+    serde_json::from_str(&text).with_context(|| format!("--config {arg} is neither a JSON file nor JSON"))
+}
+
+fn run_one(args: RunArgs) -> anyhow::Result<i32> {
+    let request: RequestSummary = fixture::read_json(&args.request)?;
+    let usage: UsageInput = match &args.usage {
+        Some(p) => fixture::read_json(p)?,
+        None => UsageInput::default(),
+    };
+    let offers: Vec<ModelOffer> = match &args.offers {
+        Some(p) => fixture::read_json(p)?,
+        None => crate::demo_catalog::offers(),
+    };
+    let input = CaseInput {
+        config: read_config(&args.config)?,
+        request,
+        offers: Some(offers),
+        usage,
+    };
+    let mut runner = runner(&args.file, true)?;
+    let actual = fixture::run_case(&mut runner, &input);
+    let peak = runner
+        .reports
+        .iter()
+        .map(|r| r.peak_memory_bytes)
+        .max()
+        .unwrap_or(0);
+    let failed = matches!(actual.config, Some(Err(_)))
+        || matches!(actual.route, Some(Err(_)))
+        || matches!(actual.units, Some(Err(_)))
+        || matches!(actual.quote, Some(Err(_)));
+    if args.json {
+        let out = serde_json::json!({
+            "plugin": runner.plugin().info(),
+            "result": actual,
+            "calls": runner.reports,
+            "peak_memory_bytes": peak,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(i32::from(failed));
+    }
+    let info = runner.plugin().info();
+    println!("{} {} ({})", info.name, info.version, runner.plugin().hash().short());
+    match &actual.config {
+        Some(Err(msg)) => println!("config     ✗ refused: {msg}"),
+        _ => println!("config     ✓ accepted"),
+    }
+    match &actual.route {
+        Some(Ok(Ok(d))) => {
+            println!("route      → {}/{}", d.primary.provider, d.primary.model);
+            for f in &d.fallbacks {
+                println!("           ↪ fallback {}/{}", f.provider, f.model);
+            }
+            match d.surcharge_bound {
+                Some(b) => println!("bound      {b}"),
+                None => println!("bound      (host default {})", runner_default_bound()),
+            }
+        }
+        Some(Ok(Err(rejection))) => {
+            println!("route      ✗ rejected ({:?}): {}", rejection.kind, rejection.message)
+        }
+        Some(Err(e)) => println!("route      ✗ failed: {e}"),
+        None => {}
+    }
+    if let Some(usage) = &actual.usage {
+        println!(
+            "usage      {} in / {} out / {} cached tokens, provider cost {}",
+            usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.provider_cost
+        );
+    }
+    match &actual.units {
+        Some(Ok(units)) if units.is_empty() => println!("units      (none)"),
+        Some(Ok(units)) => {
+            let list: Vec<String> = units.iter().map(|u| format!("{} × {}", u.name, u.quantity)).collect();
+            println!("units      {}", list.join(", "));
+        }
+        Some(Err(e)) => println!("units      ✗ failed: {e}"),
+        None => {}
+    }
+    match &actual.quote {
+        Some(Ok(q)) => println!("surcharge  {} ({})", q.surcharge, q.description),
+        Some(Err(e)) => println!("surcharge  ✗ failed: {e}"),
+        None => {}
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["call", "time µs", "fuel", "peak memory KiB"]);
+    for r in &runner.reports {
+        table.add_row([
+            r.capability.to_string(),
+            r.micros.to_string(),
+            r.fuel.map(|f| f.to_string()).unwrap_or_default(),
+            (r.peak_memory_bytes / 1024).to_string(),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "total      {} µs (fresh instance per phase, as in the gateway)",
+        total_time(&runner.reports).as_micros()
+    );
+    Ok(i32::from(failed))
+}
+
+fn runner_default_bound() -> rust_decimal::Decimal {
+    RuntimeLimits::default().default_surcharge_bound
+}
+
+fn test(args: TestArgs) -> anyhow::Result<i32> {
+    let is_project = args.dir.join("Cargo.toml").is_file();
+    let fixtures = if is_project {
+        args.dir.join("fixtures")
+    } else {
+        args.dir.clone()
+    };
+    let wasm = match (&args.plugin, is_project) {
+        (Some(p), _) => p.clone(),
+        (None, true) => {
+            let dir = args
+                .dir
+                .canonicalize()
+                .with_context(|| format!("cannot open {}", args.dir.display()))?;
+            eprintln!("building {} for wasm32-wasip2 …", dir.display());
+            super::plugin_build::build(&dir, args.target_dir.as_deref())?
+        }
+        (None, false) => bail!(
+            "{} is not a plugin project (no Cargo.toml): pass --plugin FILE.wasm",
+            args.dir.display()
+        ),
+    };
+    let cases = fixture::load_dir(&fixtures)?;
+    let mut runner = runner(&wasm, false)?;
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["case", "result", "detail"]);
+    let mut failed = 0;
+    for case in &cases {
+        let actual = fixture::run_case(&mut runner, &case.input);
+        let diffs = fixture::compare(&case.expected, &actual);
+        if diffs.is_empty() {
+            table.add_row([case.name.as_str(), "pass", ""]);
+        } else {
+            failed += 1;
+            table.add_row([case.name.as_str(), "FAIL", &diffs.join("\n")]);
+        }
+    }
+    println!("{} ({})", wasm.display(), runner.plugin().hash().short());
+    println!("{table}");
+    println!("{} passed, {} failed", cases.len() - failed, failed);
+    Ok(i32::from(failed > 0))
+}

@@ -1,0 +1,771 @@
+//! The sandboxed plugin runtime: loads agency plugins (Wasm components) and
+//! runs their capabilities under strict limits.
+//!
+//! One [`PluginRuntime`] owns one wasmtime `Engine` with the pooling
+//! allocator and epoch interruption. Components are validated, compiled once
+//! and cached by the sha256 of their bytes; precompiled artifacts are never
+//! accepted. Every request gets a fresh instance from a pre-linked
+//! `InstancePre` ([`CompiledPlugin::session`]), so nothing leaks between
+//! requests or tenants. Each call runs under a deadline, a memory cap, a
+//! stack cap and input/output size caps; whatever the plugin does becomes a
+//! typed [`PluginError`], and [`policy`] decides what the request gets.
+
+mod bindings;
+mod convert;
+mod error;
+pub mod metrics;
+pub mod local;
+pub mod policy;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use tollgate_plugin_types::{
+    BusinessUnit, ModelOffer, PluginInfo, PriceQuote, Rejection, RequestSummary, RouteDecision,
+    Usage, validate,
+};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Store, Trap};
+
+use bindings::v0_1;
+use convert::WireSize;
+pub use error::{LoadError, PluginError};
+pub use metrics::{PluginMetrics, PluginStats};
+pub use sandbox::{ALLOWED_IMPORT_PREFIXES, LogContext};
+use sandbox::StoreState;
+
+/// The interval at which the epoch advances; deadlines are whole ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Limits applied to every plugin and call.
+#[derive(Debug, Clone)]
+pub struct RuntimeLimits {
+    /// Wall-clock budget of one call.
+    pub deadline: Duration,
+    /// Total linear memory of one instance, in bytes.
+    pub memory_bytes: usize,
+    /// Largest accepted input of one call (config, request, offers...).
+    pub max_input_bytes: usize,
+    /// Largest accepted output of one call.
+    pub max_output_bytes: usize,
+    /// Wasm stack of one call.
+    pub max_wasm_stack: usize,
+    /// Largest component accepted at load.
+    pub max_component_bytes: usize,
+    /// Most instances alive at once (the pool's size).
+    pub max_instances: u32,
+    /// Surcharge bound used when a route declares none.
+    pub default_surcharge_bound: Decimal,
+    /// Count fuel (≈ executed Wasm operations) per call. Costs speed; meant
+    /// for `tollgate plugin run`, not for serving.
+    pub measure_fuel: bool,
+}
+
+impl Default for RuntimeLimits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(5),
+            memory_bytes: 32 << 20,
+            max_input_bytes: 256 << 10,
+            max_output_bytes: 64 << 10,
+            max_wasm_stack: 512 << 10,
+            max_component_bytes: 16 << 20,
+            max_instances: 1000,
+            default_surcharge_bound: Decimal::ONE_HUNDRED,
+            measure_fuel: false,
+        }
+    }
+}
+
+/// The content address of a component: sha256 of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentHash(pub [u8; 32]);
+
+impl ContentHash {
+    /// Hashes `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// Full lower-case hex.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first 12 hex digits, for labels and logs.
+    pub fn short(&self) -> String {
+        self.hex()[..12].to_owned()
+    }
+}
+
+impl std::fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+/// Failure to set the runtime up (a host misconfiguration, not a plugin's fault).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the plugin runtime: {0}")]
+pub struct RuntimeError(String);
+
+/// Loads, caches and runs plugins. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginRuntime {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Engine,
+    linker: wasmtime::component::Linker<StoreState>,
+    limits: RuntimeLimits,
+    cache: Mutex<HashMap<ContentHash, Arc<CompiledPlugin>>>,
+    metrics: PluginMetrics,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginRuntime {
+    /// A runtime with `limits`, reporting into `metrics`.
+    pub fn new(limits: RuntimeLimits, metrics: PluginMetrics) -> Result<Self, RuntimeError> {
+        let engine = engine(&limits).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        let linker = sandbox::linker(&engine).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), stop_ticker.clone())?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                engine,
+                linker,
+                limits,
+                cache: Mutex::new(HashMap::new()),
+                metrics,
+                stop_ticker,
+            }),
+        })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &RuntimeLimits {
+        &self.shared.limits
+    }
+
+    /// Validates and compiles a component. CPU-heavy: runs on a blocking
+    /// thread from [`PluginRuntime::load`].
+    fn compile(&self, bytes: &[u8]) -> Result<CompiledPlugin, LoadError> {
+        let limits = &self.shared.limits;
+        if bytes.len() > limits.max_component_bytes {
+            return Err(LoadError::TooLarge {
+                size: bytes.len(),
+                limit: limits.max_component_bytes,
+            });
+        }
+        let hash = ContentHash::of(bytes);
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotAComponent("it does not start with the Wasm magic number"));
+        }
+        if !wasmparser::Parser::is_component(bytes) {
+            return Err(LoadError::NotAComponent("it is a core Wasm module"));
+        }
+        let started = Instant::now();
+        let component = Component::new(&self.shared.engine, bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let compile_time = started.elapsed();
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.shared.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.shared.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        if let Some(bad) = imports
+            .iter()
+            .find(|name| !ALLOWED_IMPORT_PREFIXES.iter().any(|p| name.starts_with(p)))
+        {
+            return Err(LoadError::UnsupportedImport(bad.clone()));
+        }
+        let Some(world) = exports
+            .iter()
+            .find_map(|name| WorldVersion::from_export(name))
+        else {
+            return Err(LoadError::MissingExport {
+                exports: if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                },
+            });
+        };
+        let pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
+        let pre = match world {
+            WorldVersion::V0_1 => v0_1::AgencyPluginPre::new(pre)
+                .map_err(|e| LoadError::Incompatible(format!("{e:#}")))?,
+        };
+        Ok(CompiledPlugin {
+            hash,
+            size: bytes.len(),
+            compile_time,
+            world,
+            imports,
+            exports,
+            pre,
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+            },
+            shared: self.shared.clone(),
+            stats: Arc::new(PluginStats::default()),
+        })
+    }
+
+    /// Validates, compiles (off the async workers) and describes a
+    /// component; the result is cached by content hash.
+    pub async fn load(&self, bytes: Vec<u8>) -> Result<Arc<CompiledPlugin>, LoadError> {
+        let hash = ContentHash::of(&bytes);
+        if let Some(hit) = self.cached(&hash) {
+            return Ok(hit);
+        }
+        let runtime = self.clone();
+        let mut compiled = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+            .await
+            .map_err(|e| LoadError::Invalid(format!("compilation task failed: {e}")))??;
+        compiled.info = compiled
+            .describe()
+            .await
+            .map_err(|e| LoadError::Describe(Box::new(e)))?;
+        let ready = Arc::new(compiled);
+        let mut cache = self.lock_cache();
+        Ok(cache.entry(hash).or_insert(ready).clone())
+    }
+
+    /// Drops a component from the cache (instances in flight keep theirs).
+    pub fn evict(&self, hash: &ContentHash) {
+        self.lock_cache().remove(hash);
+    }
+
+    /// The bound a `price` result is held to for a request routed by `decision`.
+    pub fn surcharge_bound(&self, decision: &RouteDecision) -> Decimal {
+        decision
+            .surcharge_bound
+            .unwrap_or(self.shared.limits.default_surcharge_bound)
+    }
+
+    fn cached(&self, hash: &ContentHash) -> Option<Arc<CompiledPlugin>> {
+        self.lock_cache().get(hash).cloned()
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, Arc<CompiledPlugin>>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (single insert/remove), so a poisoned lock is still usable.
+        self.shared
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn engine(limits: &RuntimeLimits) -> wasmtime::Result<Engine> {
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_component_instances(limits.max_instances)
+        .total_core_instances(limits.max_instances.saturating_mul(4))
+        .total_memories(limits.max_instances.saturating_mul(2))
+        .total_tables(limits.max_instances.saturating_mul(4))
+        .total_stacks(limits.max_instances)
+        .max_memories_per_component(4)
+        .max_memory_size(limits.memory_bytes)
+        .table_elements(20_000);
+    let mut config = wasmtime::Config::new();
+    config
+        .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool))
+        .epoch_interruption(true)
+        .consume_fuel(limits.measure_fuel)
+        .max_wasm_stack(limits.max_wasm_stack)
+        .async_stack_size(limits.max_wasm_stack + (256 << 10))
+        .wasm_backtrace_max_frames(None)
+        // Plugins are small and latency matters more than peak throughput of
+        // generated code, but Speed is still cheap to compile at this size.
+        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+    Engine::new(&config)
+}
+
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
+    std::thread::Builder::new()
+        .name("tollgate-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| RuntimeError(format!("cannot start the epoch thread: {e}")))
+}
+
+/// Which version of the contract a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorldVersion {
+    /// `tollgate:plugin@0.1.x`.
+    V0_1,
+}
+
+impl WorldVersion {
+    fn from_export(name: &str) -> Option<Self> {
+        name.strip_prefix("tollgate:plugin/plugin@0.1.")
+            .map(|_| WorldVersion::V0_1)
+    }
+
+    /// The package version, e.g. `0.1`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WorldVersion::V0_1 => "tollgate:plugin@0.1",
+        }
+    }
+}
+
+/// The capability a call exercised, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// `describe`.
+    Describe,
+    /// `validate-config`.
+    ValidateConfig,
+    /// `route`.
+    Route,
+    /// `meter`.
+    Meter,
+    /// `price`.
+    Price,
+}
+
+impl Capability {
+    /// Lower-case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Capability::Describe => "describe",
+            Capability::ValidateConfig => "validate_config",
+            Capability::Route => "route",
+            Capability::Meter => "meter",
+            Capability::Price => "price",
+        }
+    }
+}
+
+/// A validated, compiled plugin, ready to instantiate.
+pub struct CompiledPlugin {
+    hash: ContentHash,
+    size: usize,
+    compile_time: Duration,
+    world: WorldVersion,
+    imports: Vec<String>,
+    exports: Vec<String>,
+    pre: v0_1::AgencyPluginPre<StoreState>,
+    info: PluginInfo,
+    shared: Arc<Shared>,
+    stats: Arc<PluginStats>,
+}
+
+impl CompiledPlugin {
+    /// The sha256 of the component's bytes.
+    pub fn hash(&self) -> ContentHash {
+        self.hash
+    }
+
+    /// Name, version and description, as the plugin reports them.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// How long compilation took.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// The contract version it implements.
+    pub fn world(&self) -> WorldVersion {
+        self.world
+    }
+
+    /// Its import names.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// Its export names.
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+
+    /// Calls, errors and latency of this plugin version so far.
+    pub fn stats(&self) -> &PluginStats {
+        &self.stats
+    }
+
+    /// A fresh instance for one request.
+    pub async fn session(&self, request_id: &str) -> Result<Session, PluginError> {
+        let limits = &self.shared.limits;
+        let name = if self.info.name.is_empty() {
+            "unnamed"
+        } else {
+            &self.info.name
+        };
+        let state = StoreState::new(
+            limits.memory_bytes,
+            LogContext::new(name, &self.hash.short(), request_id),
+        );
+        let mut store = Store::new(&self.shared.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(limits.deadline));
+        if limits.measure_fuel {
+            store
+                .set_fuel(u64::MAX)
+                .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        }
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(e) => {
+                let error = classify(e, &store, limits);
+                self.record(Capability::Describe, Duration::ZERO, Some(&error));
+                return Err(error);
+            }
+        };
+        Ok(Session {
+            store,
+            instance,
+            plugin_labels: (name.to_owned(), self.hash.short()),
+            shared: self.shared.clone(),
+            stats: self.stats.clone(),
+            poisoned: false,
+        })
+    }
+
+    /// Asks the plugin who it is.
+    async fn describe(&self) -> Result<PluginInfo, PluginError> {
+        let mut session = self.session("load").await?;
+        session.describe().await
+    }
+
+    /// Runs the plugin's config check in a fresh instance: `Ok(Err(msg))` is
+    /// the plugin refusing the config.
+    pub async fn validate_config(&self, config: &str) -> Result<Result<(), String>, PluginError> {
+        let mut session = self.session("validate-config").await?;
+        session.validate_config(config).await
+    }
+
+    fn record(&self, capability: Capability, elapsed: Duration, error: Option<&PluginError>) {
+        let labels = (self.info.name.clone(), self.hash.short());
+        record(&self.shared, &self.stats, &labels, capability, elapsed, error);
+    }
+}
+
+fn record(
+    shared: &Shared,
+    stats: &PluginStats,
+    labels: &(String, String),
+    capability: Capability,
+    elapsed: Duration,
+    error: Option<&PluginError>,
+) {
+    stats.record(elapsed, error.is_some());
+    shared
+        .metrics
+        .record(&labels.0, &labels.1, capability, elapsed, error);
+}
+
+fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_micros().max(1);
+    // One extra tick: the current tick may be about to end.
+    u64::try_from(deadline.as_micros().div_ceil(tick)).unwrap_or(u64::MAX).max(1) + 1
+}
+
+/// One plugin instance serving one request. Drop it when done.
+pub struct Session {
+    store: Store<StoreState>,
+    instance: v0_1::AgencyPlugin,
+    plugin_labels: (String, String),
+    shared: Arc<Shared>,
+    stats: Arc<PluginStats>,
+    poisoned: bool,
+}
+
+impl Session {
+    /// Peak linear memory of this instance so far, in bytes.
+    pub fn peak_memory(&self) -> usize {
+        self.store.data().limiter.peak
+    }
+
+    /// Fuel consumed so far, when the runtime measures fuel.
+    pub fn fuel_consumed(&self) -> Option<u64> {
+        if !self.shared.limits.measure_fuel {
+            return None;
+        }
+        self.store.get_fuel().ok().map(|left| u64::MAX - left)
+    }
+
+    fn begin(&mut self, input_size: usize) -> Result<Instant, PluginError> {
+        if self.poisoned {
+            return Err(PluginError::Instantiate(
+                "instance is unusable after an earlier failure".into(),
+            ));
+        }
+        let limit = self.shared.limits.max_input_bytes;
+        if input_size > limit {
+            return Err(PluginError::InputTooLarge {
+                size: input_size,
+                limit,
+            });
+        }
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.shared.limits.deadline));
+        Ok(Instant::now())
+    }
+
+    fn finish<R: WireSize>(
+        &mut self,
+        capability: Capability,
+        started: Instant,
+        result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    ) -> Result<R, PluginError> {
+        let elapsed = started.elapsed();
+        let limits = &self.shared.limits;
+        let outcome = match result {
+            Err(_elapsed) => Err(PluginError::Timeout(limits.deadline)),
+            Ok(Err(e)) => Err(classify(e, &self.store, limits)),
+            Ok(Ok(value)) => {
+                let size = value.wire_size();
+                if size > limits.max_output_bytes {
+                    Err(PluginError::OutputTooLarge {
+                        size,
+                        limit: limits.max_output_bytes,
+                    })
+                } else {
+                    Ok(value)
+                }
+            }
+        };
+        if outcome.is_err() {
+            self.poisoned = true;
+        }
+        record(
+            &self.shared,
+            &self.stats,
+            &self.plugin_labels,
+            capability,
+            elapsed,
+            outcome.as_ref().err(),
+        );
+        outcome
+    }
+
+    /// Records a failure found after the call returned (invalid output).
+    fn reject_output(&mut self, capability: Capability, error: PluginError) -> PluginError {
+        self.poisoned = true;
+        self.shared.metrics.record_error_only(
+            &self.plugin_labels.0,
+            &self.plugin_labels.1,
+            capability,
+            &error,
+        );
+        self.stats.record_error_only();
+        error
+    }
+
+    /// A hard stop above the epoch deadline, for time spent in host calls.
+    fn hard_deadline(&self) -> Duration {
+        self.shared.limits.deadline + Duration::from_millis(50)
+    }
+
+    async fn describe(&mut self) -> Result<PluginInfo, PluginError> {
+        let started = self.begin(0)?;
+        let hard = self.hard_deadline();
+        let call = self
+            .instance
+            .tollgate_plugin_plugin()
+            .call_describe(&mut self.store);
+        let result = tokio::time::timeout(hard, call).await;
+        let info = convert::info_out(self.finish(Capability::Describe, started, result)?);
+        if info.name.is_empty() || info.name.len() > 64 || info.version.len() > 64 {
+            return Err(self.reject_output(
+                Capability::Describe,
+                PluginError::InvalidOutput("plugin name must be 1 to 64 characters".into()),
+            ));
+        }
+        Ok(info)
+    }
+
+    /// `validate-config`: `Ok(Err(msg))` is the plugin refusing the config.
+    pub async fn validate_config(&mut self, config: &str) -> Result<Result<(), String>, PluginError> {
+        let started = self.begin(config.wire_size())?;
+        let hard = self.hard_deadline();
+        let call = self
+            .instance
+            .tollgate_plugin_plugin()
+            .call_validate_config(&mut self.store, config);
+        let result = tokio::time::timeout(hard, call).await;
+        let verdict = self.finish(Capability::ValidateConfig, started, result.map(|r| r.map(Msg)))?;
+        Ok(verdict.0)
+    }
+
+    /// `route`, with the decision checked against `offers`.
+    pub async fn route(
+        &mut self,
+        config: &str,
+        request: &RequestSummary,
+        offers: &[ModelOffer],
+    ) -> Result<Result<RouteDecision, Rejection>, PluginError> {
+        let request = convert::request(request);
+        let wit_offers: Vec<_> = offers.iter().map(convert::offer).collect();
+        let started =
+            self.begin(config.wire_size() + request.wire_size() + wit_offers.wire_size())?;
+        let hard = self.hard_deadline();
+        let call = self.instance.tollgate_plugin_plugin().call_route(
+            &mut self.store,
+            config,
+            &request,
+            &wit_offers,
+        );
+        let result = tokio::time::timeout(hard, call).await;
+        let raw = self.finish(Capability::Route, started, result)?;
+        let routed = convert::route_out(raw).map_err(|e| self.reject_output(Capability::Route, e))?;
+        let checked = match &routed {
+            Ok(decision) => validate::check_route(decision, offers),
+            Err(rejection) => validate::check_rejection(rejection),
+        };
+        checked.map_err(|e| {
+            self.reject_output(Capability::Route, PluginError::InvalidOutput(e.to_string()))
+        })?;
+        Ok(routed)
+    }
+
+    /// `meter`, with the units checked.
+    pub async fn meter(
+        &mut self,
+        config: &str,
+        request: &RequestSummary,
+        usage: &Usage,
+    ) -> Result<Vec<BusinessUnit>, PluginError> {
+        let request = convert::request(request);
+        let usage = convert::usage(usage);
+        let started = self.begin(config.wire_size() + request.wire_size() + usage.wire_size())?;
+        let hard = self.hard_deadline();
+        let call = self.instance.tollgate_plugin_plugin().call_meter(
+            &mut self.store,
+            config,
+            &request,
+            &usage,
+        );
+        let result = tokio::time::timeout(hard, call).await;
+        let raw = self
+            .finish(Capability::Meter, started, result.map(|r| r.map(ReportedOr)))?
+            .0
+            .map_err(PluginError::Reported)?;
+        let units = convert::units_out(raw).map_err(|e| self.reject_output(Capability::Meter, e))?;
+        validate::check_units(&units).map_err(|e| {
+            self.reject_output(Capability::Meter, PluginError::InvalidOutput(e.to_string()))
+        })?;
+        Ok(units)
+    }
+
+    /// `price`, with the quote held to `bound`.
+    pub async fn price(
+        &mut self,
+        config: &str,
+        request: &RequestSummary,
+        usage: &Usage,
+        units: &[BusinessUnit],
+        bound: Decimal,
+    ) -> Result<PriceQuote, PluginError> {
+        let request = convert::request(request);
+        let usage = convert::usage(usage);
+        let units: Vec<_> = units.iter().map(convert::unit_in).collect();
+        let started = self.begin(
+            config.wire_size() + request.wire_size() + usage.wire_size() + units.wire_size(),
+        )?;
+        let hard = self.hard_deadline();
+        let call = self.instance.tollgate_plugin_plugin().call_price(
+            &mut self.store,
+            config,
+            &request,
+            &usage,
+            &units,
+        );
+        let result = tokio::time::timeout(hard, call).await;
+        let raw = self
+            .finish(Capability::Price, started, result.map(|r| r.map(ReportedOr)))?
+            .0
+            .map_err(PluginError::Reported)?;
+        let quote = convert::quote_out(raw).map_err(|e| self.reject_output(Capability::Price, e))?;
+        validate::check_quote(&quote, bound).map_err(|e| {
+            self.reject_output(Capability::Price, PluginError::InvalidOutput(e.to_string()))
+        })?;
+        Ok(quote)
+    }
+}
+
+/// A `result<_, string>` whose size counts toward the output cap.
+struct Msg(Result<(), String>);
+
+impl WireSize for Msg {
+    fn wire_size(&self) -> usize {
+        self.0.as_ref().err().map_or(0, |m| m.wire_size())
+    }
+}
+
+/// A `result<T, string>` from `meter`/`price`, sized for the output cap.
+struct ReportedOr<T>(Result<T, String>);
+
+impl<T: WireSize> WireSize for ReportedOr<T> {
+    fn wire_size(&self) -> usize {
+        match &self.0 {
+            Ok(v) => v.wire_size(),
+            Err(m) => m.wire_size(),
+        }
+    }
+}
+
+/// Turns a wasmtime error into the plugin's typed failure.
+fn classify(error: wasmtime::Error, store: &Store<StoreState>, limits: &RuntimeLimits) -> PluginError {
+    if store.data().limiter.hit_limit {
+        return PluginError::MemoryLimit(limits.memory_bytes);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Timeout(limits.deadline),
+        Some(Trap::StackOverflow) => PluginError::StackOverflow,
+        Some(Trap::UnreachableCodeReached) => {
+            PluginError::Trap("unreachable code reached (a panic in Rust plugins)".into())
+        }
+        Some(trap) => PluginError::Trap(trap.to_string()),
+        None => {
+            if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                return PluginError::Trap(format!("plugin called exit({})", exit.0));
+            }
+            let text = format!("{error:#}");
+            if text.contains("pooling allocator") || text.contains("maximum concurrent") {
+                PluginError::Instantiate(text)
+            } else {
+                PluginError::Trap(text)
+            }
+        }
+    }
+}
