@@ -1,0 +1,311 @@
+//! Property tests over random usage: statements reconcile, surcharges billed to
+//! clients equal agency earnings, payout = earnings − fee, every balance equals
+//! the sum of its entries, and re-aggregating the records from scratch gives the
+//! running aggregates. A plain in-test model checks the ledger's arithmetic.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code may panic on setup failure
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use common::{rec, t};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use tollgate_ledger::*;
+
+const CLIENTS: usize = 4;
+const MODELS: [&str; 3] = ["gpt-4o", "claude", "mistral"];
+const PROVIDERS: [&str; 2] = ["openai", "bedrock"];
+const UNITS: [&str; 3] = ["doc", "page", "call"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Record {
+        client: usize,
+        model: usize,
+        provider: usize,
+        cost: Decimal,
+        surcharge: Decimal,
+        units: Vec<(usize, Decimal)>,
+        day: u32,
+    },
+    /// Re-send an earlier record (same key).
+    Retry(usize),
+    /// Reverse an earlier record.
+    Reverse(usize),
+    TopUp {
+        client: usize,
+        amount: Decimal,
+        expires_day: Option<u32>,
+    },
+}
+
+fn amount() -> impl Strategy<Value = Decimal> {
+    (0i64..5_000_000, 0u32..=6).prop_map(|(m, s)| Decimal::new(m, s))
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (
+            0..CLIENTS,
+            0..MODELS.len(),
+            0..PROVIDERS.len(),
+            amount(),
+            amount(),
+            proptest::collection::vec((0..UNITS.len(), amount()), 0..3),
+            1u32..=28,
+        )
+            .prop_map(|(client, model, provider, cost, surcharge, units, day)| Op::Record {
+                client,
+                model,
+                provider,
+                cost,
+                surcharge,
+                units,
+                day,
+            }),
+        1 => any::<prop::sample::Index>().prop_map(|i| Op::Retry(i.index(1 << 16))),
+        1 => any::<prop::sample::Index>().prop_map(|i| Op::Reverse(i.index(1 << 16))),
+        1 => (0..CLIENTS, amount(), proptest::option::of(1u32..=28)).prop_map(
+            |(client, amount, expires_day)| Op::TopUp {
+                client,
+                amount,
+                expires_day,
+            }
+        ),
+    ]
+}
+
+fn client(i: usize) -> String {
+    format!("client-{i}")
+}
+
+fn agency(i: usize) -> String {
+    format!("agency-{}", i % 2)
+}
+
+fn jan(day: u32) -> chrono::DateTime<chrono::Utc> {
+    t(&format!("2025-01-{day:02}T12:00:00Z"))
+}
+
+/// What the model expects per client: (requests, total spend, surcharge, provider cost, units).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Expect {
+    requests: i64,
+    total: Decimal,
+    surcharge: Decimal,
+    cost: Decimal,
+    units: BTreeMap<String, Decimal>,
+}
+
+fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
+    let clock = ManualClock::new(jan(1));
+    let l = Ledger::open(LedgerConfig {
+        currency,
+        platform_fee_pct: fee_pct,
+        clock: clock.clock(),
+        durability: Durability::Batched {
+            flush_every: std::time::Duration::from_millis(100),
+        },
+        ..LedgerConfig::default()
+    })
+    .unwrap();
+    for c in 0..CLIENTS {
+        let mut plan = ClientPlan::default_for(&client(c));
+        plan.agency_id = Some(agency(c));
+        plan.included_per_period = Decimal::new(c as i64 * 37, 1);
+        l.set_plan(plan).unwrap();
+    }
+
+    let mut sent: Vec<UsageRecord> = Vec::new();
+    let mut reversed: HashSet<usize> = HashSet::new();
+    let mut expect: HashMap<String, Expect> = HashMap::new();
+    let mut topups = 0;
+    for op in ops {
+        match op {
+            Op::Record {
+                client: c,
+                model,
+                provider,
+                cost,
+                surcharge,
+                units,
+                day,
+            } => {
+                clock.set(jan(*day).max(clock.now()));
+                let key = format!("k{}", sent.len());
+                let mut r = rec(&key, &client(*c), "0", "0");
+                r.agency_id = agency(*c);
+                r.routed_model = MODELS[*model].into();
+                r.routed_provider = PROVIDERS[*provider].into();
+                r.provider_cost = *cost;
+                r.surcharge = *surcharge;
+                r.total_charged = cost + surcharge;
+                r.finished_at = jan(*day);
+                r.started_at = jan(*day);
+                for (u, q) in units {
+                    *r.units.entry(UNITS[*u].into()).or_default() += q;
+                }
+                let o = l.record(r.clone()).unwrap();
+                assert!(!o.is_duplicate());
+                let e = expect.entry(client(*c)).or_default();
+                e.requests += 1;
+                e.total += r.total_charged;
+                e.surcharge += r.surcharge;
+                e.cost += r.provider_cost;
+                for (u, q) in &r.units {
+                    *e.units.entry(u.clone()).or_default() += q;
+                }
+                sent.push(r);
+            }
+            Op::Retry(i) if !sent.is_empty() => {
+                let r = sent[i % sent.len()].clone();
+                let o = l.record(r.clone()).unwrap();
+                assert!(o.is_duplicate());
+                assert_eq!(o.record().record, r);
+            }
+            Op::Reverse(i) if !sent.is_empty() => {
+                let idx = i % sent.len();
+                let r = &sent[idx];
+                let o = l.reverse(&r.idempotency_key, "prop").unwrap();
+                assert_eq!(o.is_duplicate(), !reversed.insert(idx));
+                if !o.is_duplicate() {
+                    let e = expect.entry(r.client_id.clone()).or_default();
+                    e.requests -= 1;
+                    e.total -= r.total_charged;
+                    e.surcharge -= r.surcharge;
+                    e.cost -= r.provider_cost;
+                    for (u, q) in &r.units {
+                        *e.units.entry(u.clone()).or_default() -= q;
+                    }
+                }
+            }
+            Op::TopUp {
+                client: c,
+                amount,
+                expires_day,
+            } => {
+                topups += 1;
+                let res = l.top_up(
+                    &client(*c),
+                    *amount,
+                    &format!("t{topups}"),
+                    expires_day.map(jan),
+                );
+                if amount.is_zero() {
+                    assert!(matches!(res, Err(LedgerError::InvalidArgument(_))));
+                } else {
+                    assert!(matches!(res.unwrap(), TopUpOutcome::Applied(_)));
+                }
+            }
+            Op::Retry(_) | Op::Reverse(_) => {}
+        }
+    }
+    for c in 0..CLIENTS {
+        l.sweep_expired(&client(c)).unwrap();
+    }
+
+    // Re-aggregation from scratch, balances = Σ entries, idempotency claims.
+    let v = l.verify().unwrap();
+    assert!(v.is_consistent(), "{:#?}", v.problems);
+    assert_eq!(v.records as usize, sent.len() + reversed.len());
+
+    let period: Period = "2025-01".parse().unwrap();
+    let half_unit = Decimal::new(5, currency.minor_units() + 1);
+    let mut billed_surcharge: HashMap<String, Decimal> = HashMap::new();
+    let mut exact_surcharge: HashMap<String, Decimal> = HashMap::new();
+    let mut exact_cost_all = Decimal::ZERO;
+    for c in 0..CLIENTS {
+        let name = client(c);
+        let want = expect.get(&name).cloned().unwrap_or_default();
+        let u = l.usage_so_far(&name, period).unwrap();
+        assert_eq!(u.requests, want.requests);
+        assert_eq!(u.spend, want.total);
+        for (unit, q) in &want.units {
+            assert_eq!(u.units.get(unit).copied().unwrap_or_default(), *q);
+        }
+
+        let st = l.statement(&name, period).unwrap();
+        let lines_total: Decimal = st.lines.iter().map(|l| l.total).sum();
+        assert_eq!(st.total, lines_total);
+        assert_eq!(st.total, st.provider_cost + st.surcharge);
+        for line in &st.lines {
+            assert_eq!(line.total, line.provider_cost + line.surcharge);
+            assert_eq!(line.total, currency.round(line.total));
+        }
+        assert_eq!(st.exact_total, want.total);
+        assert_eq!(st.rounding_difference, st.total - st.exact_total);
+        // Each line rounds two amounts by at most half a minor unit each.
+        let bound = half_unit * Decimal::from(2 * st.lines.len().max(1));
+        assert!(st.rounding_difference.abs() <= bound);
+        assert_eq!(st.amount_due, st.total - st.credits_applied);
+        assert!(st.exact_credits_applied <= st.exact_total.max(Decimal::ZERO));
+
+        let b = l.balance(&name).unwrap();
+        let entries: Decimal = l
+            .credit_entries(&name)
+            .unwrap()
+            .iter()
+            .map(|e| e.amount)
+            .sum();
+        assert_eq!(b.total, entries);
+        assert!(b.buckets.iter().all(|bk| bk.balance >= Decimal::ZERO));
+
+        *billed_surcharge.entry(agency(c)).or_default() += st.surcharge;
+        *exact_surcharge.entry(agency(c)).or_default() += want.surcharge;
+        exact_cost_all += want.cost;
+    }
+
+    clock.set(t("2025-03-01T00:00:00Z"));
+    for a in 0..2 {
+        let name = format!("agency-{a}");
+        let po = l.payout(&name, period).unwrap();
+        let lines: Decimal = po.lines.iter().map(|l| l.surcharge).sum();
+        assert_eq!(po.earnings, lines);
+        assert_eq!(
+            po.earnings,
+            billed_surcharge.get(&name).copied().unwrap_or_default(),
+            "Σ client surcharges billed = agency earnings before fees"
+        );
+        assert_eq!(
+            po.exact_earnings,
+            exact_surcharge.get(&name).copied().unwrap_or_default()
+        );
+        assert_eq!(po.payout, po.earnings - po.platform_fee);
+        assert_eq!(
+            po.platform_fee,
+            currency.round(po.earnings * fee_pct / Decimal::ONE_HUNDRED)
+        );
+    }
+    let s = l.settlement(period).unwrap();
+    assert_eq!(s.exact_total, exact_cost_all);
+    assert_eq!(s.total, s.lines.iter().map(|l| l.provider_cost).sum::<Decimal>());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ledger_invariants_hold_for_random_usage(
+        ops in proptest::collection::vec(op(), 1..60),
+        currency in prop_oneof![Just(Currency::Usd), Just(Currency::Jpy), Just(Currency::Kwd)],
+        fee in (0i64..=3000).prop_map(|b| Decimal::new(b, 2)),
+    ) {
+        run(&ops, currency, fee);
+    }
+
+    #[test]
+    fn rounding_is_half_away_from_zero_at_minor_units(m in -10_000_000i64..10_000_000, s in 0u32..8) {
+        let x = Decimal::new(m, s);
+        for c in [Currency::Usd, Currency::Jpy, Currency::Kwd] {
+            let r = c.round(x);
+            prop_assert_eq!(r.scale(), c.minor_units());
+            let unit = Decimal::new(1, c.minor_units());
+            prop_assert!((r - x).abs() * Decimal::TWO <= unit);
+            // Exactly-half cases go away from zero.
+            if (r - x).abs() * Decimal::TWO == unit {
+                prop_assert!(r.abs() > x.abs());
+            }
+        }
+    }
+}
