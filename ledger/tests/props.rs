@@ -279,7 +279,10 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
     }
     let s = l.settlement(period).unwrap();
     assert_eq!(s.exact_total, exact_cost_all);
-    assert_eq!(s.total, s.lines.iter().map(|l| l.provider_cost).sum::<Decimal>());
+    assert_eq!(
+        s.total,
+        s.lines.iter().map(|l| l.provider_cost).sum::<Decimal>()
+    );
 }
 
 proptest! {
