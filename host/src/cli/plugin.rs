@@ -1,6 +1,7 @@
 //! `tollgate plugin …`: write, check, run and test plugins locally, offline.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -64,6 +65,9 @@ pub struct RunArgs {
     /// The offers the client may use (JSON list; default: the demo catalog).
     #[arg(long)]
     pub offers: Option<PathBuf>,
+    /// Per-call deadline in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub deadline_ms: u64,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -96,10 +100,12 @@ fn read_component(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn runner(path: &Path, measure_fuel: bool) -> anyhow::Result<LocalRunner> {
+fn runner(path: &Path, measure_fuel: bool, deadline: Option<Duration>) -> anyhow::Result<LocalRunner> {
+    let defaults = RuntimeLimits::default();
     let limits = RuntimeLimits {
         measure_fuel,
-        ..RuntimeLimits::default()
+        deadline: deadline.unwrap_or(defaults.deadline),
+        ..defaults
     };
     let runtime = PluginRuntime::new(limits, PluginMetrics::default())?;
     let bytes = read_component(path)?;
@@ -184,7 +190,7 @@ struct CheckReport<'a> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<i32> {
-    let runner = match runner(&args.file, false) {
+    let runner = match runner(&args.file, false, None) {
         Ok(r) => r,
         Err(e) => {
             if args.json {
@@ -252,7 +258,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
         offers: Some(offers),
         usage,
     };
-    let mut runner = runner(&args.file, true)?;
+    let mut runner = runner(&args.file, true, Some(Duration::from_millis(args.deadline_ms)))?;
     let actual = fixture::run_case(&mut runner, &input);
     let peak = runner
         .reports
@@ -363,7 +369,7 @@ fn test(args: TestArgs) -> anyhow::Result<i32> {
         ),
     };
     let cases = fixture::load_dir(&fixtures)?;
-    let mut runner = runner(&wasm, false)?;
+    let mut runner = runner(&wasm, false, None)?;
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(["case", "result", "detail"]);

@@ -2,9 +2,10 @@
 //! `tollgate plugin test`, the demo and the test harness.
 //!
 //! Plugins build with `--target wasm32-wasip2`, which makes a component
-//! directly, and the `plugin` profile (small, LTO). The artifact path is read
+//! directly, and the `plugin` profile (small, LTO). Artifact paths are read
 //! from cargo's JSON messages rather than guessed.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -17,15 +18,12 @@ pub enum BuildError {
     /// cargo failed; its diagnostics were printed to stderr.
     #[error("cargo build of {0} failed (see the compiler output above)")]
     Failed(PathBuf),
-    /// cargo succeeded but produced no `.wasm`.
-    #[error("cargo built {0} but produced no .wasm component (is the crate a cdylib?)")]
-    NoArtifact(PathBuf),
+    /// cargo succeeded but produced no `.wasm` for a crate.
+    #[error("cargo built {0} but produced no .wasm component for it (is the crate a cdylib?)")]
+    NoArtifact(String),
 }
 
-/// Builds the crate at `manifest_dir` for `wasm32-wasip2` with the `plugin`
-/// profile into `target_dir` (cargo's default when `None`) and returns the
-/// path of the component.
-pub fn build(manifest_dir: &Path, target_dir: Option<&Path>) -> Result<PathBuf, BuildError> {
+fn cargo_build(manifest_dir: &Path, packages: &[&str], target_dir: Option<&Path>) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
@@ -35,33 +33,77 @@ pub fn build(manifest_dir: &Path, target_dir: Option<&Path>) -> Result<PathBuf, 
         .args(["--message-format", "json-render-diagnostics"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    for package in packages {
+        cmd.args(["--package", package]);
+    }
     if let Some(dir) = target_dir {
         cmd.arg("--target-dir").arg(dir);
     }
+    cmd
+}
+
+/// Runs the build and maps each built library's crate name (`support_desk`)
+/// to its component.
+fn wasm_artifacts(mut cmd: Command, what: &Path) -> Result<BTreeMap<String, PathBuf>, BuildError> {
     let output = cmd.output()?;
     if !output.status.success() {
-        return Err(BuildError::Failed(manifest_dir.to_owned()));
+        return Err(BuildError::Failed(what.to_owned()));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let artifact = stdout
+    let mut artifacts = BTreeMap::new();
+    for msg in stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|msg| msg["reason"] == "compiler-artifact")
-        .filter(|msg| {
-            let crate_manifest = msg["manifest_path"].as_str().map(Path::new);
-            crate_manifest.and_then(Path::parent) == Some(manifest_dir)
-                || crate_manifest.and_then(Path::parent).map(Path::to_path_buf)
-                    == manifest_dir.canonicalize().ok()
+    {
+        let Some(name) = msg["target"]["name"].as_str() else {
+            continue;
+        };
+        let wasm = msg["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(PathBuf::from))
+            .find(|f| f.extension().is_some_and(|e| e == "wasm"));
+        if let Some(wasm) = wasm {
+            artifacts.insert(name.to_owned(), wasm);
+        }
+    }
+    Ok(artifacts)
+}
+
+/// Builds the plugin crate at `manifest_dir` and returns its component.
+pub fn build(manifest_dir: &Path, target_dir: Option<&Path>) -> Result<PathBuf, BuildError> {
+    let cmd = cargo_build(manifest_dir, &[], target_dir);
+    let artifacts = wasm_artifacts(cmd, manifest_dir)?;
+    let crate_name = manifest_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().replace('-', "_"))
+        .unwrap_or_default();
+    match artifacts.get(&crate_name) {
+        Some(path) => Ok(path.clone()),
+        // A crate whose folder name differs from its package name.
+        None if artifacts.len() == 1 => Ok(artifacts.into_values().next().unwrap_or_default()),
+        None => Err(BuildError::NoArtifact(crate_name)),
+    }
+}
+
+/// Builds several plugin packages of the workspace at `workspace_dir` in one
+/// cargo run; returns each package's component, keyed by package name.
+pub fn build_packages(
+    workspace_dir: &Path,
+    packages: &[&str],
+    target_dir: Option<&Path>,
+) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+    let cmd = cargo_build(workspace_dir, packages, target_dir);
+    let artifacts = wasm_artifacts(cmd, workspace_dir)?;
+    packages
+        .iter()
+        .map(|package| {
+            artifacts
+                .get(&package.replace('-', "_"))
+                .map(|path| ((*package).to_owned(), path.clone()))
+                .ok_or_else(|| BuildError::NoArtifact((*package).to_owned()))
         })
-        .flat_map(|msg| {
-            msg["filenames"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|f| f.as_str().map(PathBuf::from))
-                .collect::<Vec<_>>()
-        })
-        .find(|f| f.extension().is_some_and(|e| e == "wasm"));
-    artifact.ok_or_else(|| BuildError::NoArtifact(manifest_dir.to_owned()))
+        .collect()
 }

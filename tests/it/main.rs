@@ -1,0 +1,9 @@
+//! The integration test binary: one module per area, all sharing `support`.
+//!
+//! Tests start real things: plugins compiled to Wasm by cargo (built once per
+//! run into `target/plugins`), the `tollgate` binary as a subprocess, and
+//! real servers on loopback ports.
+
+mod plugin_runtime;
+mod plugin_tooling;
+mod support;

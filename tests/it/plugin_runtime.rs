@@ -1,0 +1,389 @@
+//! The sandboxed plugin runtime against real components: the example
+//! plugins, and hostile plugins that loop, hoard memory, recurse, panic,
+//! flood, snoop and lie.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::plugin::policy::{FailurePolicy, RouteOutcome, route_outcome};
+use tollgate::plugin::{ContentHash, LoadError, PluginError, RuntimeLimits, WorldVersion};
+use tollgate_plugin_types::{Outcome, RouteDecision, Usage};
+
+use crate::support::{self, offers, plugin_bytes, request};
+
+const SUPPORT_CONFIG: &str = r#"{"ticket_fee": "0.05", "margin_percent": "20",
+    "cheap_model": "demo-mini", "strong_model": "demo-pro"}"#;
+
+/// The slack allowed on top of the deadline before a failure must surface:
+/// scheduling noise on a loaded two-core machine. A broken deadline would
+/// hang forever instead.
+const MARGIN: Duration = Duration::from_millis(500);
+
+fn usage(decision: &RouteDecision) -> Usage {
+    Usage {
+        served_by: decision.primary.clone(),
+        input_tokens: 120,
+        output_tokens: 80,
+        cached_input_tokens: 0,
+        provider_cost: "0.000066".parse().unwrap(),
+        latency_ms: 300,
+        outcome: Outcome::Completed,
+        estimated: false,
+    }
+}
+
+/// Routes one honest support-desk request and checks the answer.
+async fn honest_call_still_works(runtime: &tollgate::plugin::PluginRuntime) {
+    let plugin = runtime.load(plugin_bytes("support-desk")).await.unwrap();
+    let mut session = plugin.session("honest").await.unwrap();
+    let decision = session
+        .route(SUPPORT_CONFIG, &request("demo-pro"), &offers())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(decision.primary.model, "demo-mini", "short prompt goes to the cheap model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_plugins_load_and_describe_themselves() {
+    let (runtime, _) = support::runtime();
+    for name in ["support-desk", "document-pipeline", "lead-qualifier"] {
+        let bytes = plugin_bytes(name);
+        let plugin = runtime.load(bytes.clone()).await.unwrap();
+        assert_eq!(plugin.info().name, name);
+        assert!(!plugin.info().description.is_empty());
+        assert_eq!(plugin.world(), WorldVersion::V0_1);
+        assert_eq!(plugin.hash(), ContentHash::of(&bytes));
+        assert_eq!(plugin.size(), bytes.len());
+        assert!(plugin.exports().iter().any(|e| e == "tollgate:plugin/plugin@0.1.0"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bytes_compile_once() {
+    let (runtime, _) = support::runtime();
+    let first = runtime.load(plugin_bytes("lead-qualifier")).await.unwrap();
+    let second = runtime.load(plugin_bytes("lead-qualifier")).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_a_fresh_instance() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    for request_id in ["r1", "r2", "r3"] {
+        let mut session = plugin.session(request_id).await.unwrap();
+        let first = session.route("counter", &request("demo-mini"), &offers()).await.unwrap();
+        assert_eq!(first.unwrap_err().message, "calls=1", "state leaked into {request_id}");
+        // Within one instance state does persist, which shows the counter works.
+        let second = session.route("counter", &request("demo-mini"), &offers()).await.unwrap();
+        assert_eq!(second.unwrap_err().message, "calls=2");
+    }
+}
+
+/// (config, the capability that must fail, the error kind)
+const HOSTILE_CASES: &[(&str, &str, &str)] = &[
+    ("spin", "route", "timeout"),
+    ("spin@meter", "meter", "timeout"),
+    ("spin@price", "price", "timeout"),
+    ("grow-memory", "route", "memory_limit"),
+    ("grow-memory@price", "price", "memory_limit"),
+    ("recurse", "route", "stack_overflow"),
+    ("panic", "route", "trap"),
+    ("panic@meter", "meter", "trap"),
+    ("exit", "route", "trap"),
+    ("sleep", "route", "trap"),
+    ("huge-output", "route", "output_too_large"),
+    ("huge-output@meter", "meter", "output_too_large"),
+    ("unknown-model", "route", "invalid_output"),
+    ("absurd-units@meter", "meter", "invalid_output"),
+    ("bad-unit-name@meter", "meter", "invalid_output"),
+    ("negative-surcharge@price", "price", "invalid_output"),
+    ("malformed-surcharge@price", "price", "invalid_output"),
+];
+
+/// Runs the hostile plugin with `config` as the gateway would and returns
+/// the capability that failed and its error.
+async fn run_hostile(
+    runtime: &tollgate::plugin::PluginRuntime,
+    config: &str,
+) -> Option<(&'static str, PluginError)> {
+    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    let req = request("demo-mini");
+    let mut session = plugin.session("hostile").await.unwrap();
+    let decision = match session.route(config, &req, &offers()).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(rejection)) => panic!("{config}: unexpected rejection {}", rejection.message),
+        Err(e) => return Some(("route", e)),
+    };
+    let mut session = plugin.session("hostile").await.unwrap();
+    let usage = usage(&decision);
+    let units = match session.meter(config, &req, &usage).await {
+        Ok(units) => units,
+        Err(e) => return Some(("meter", e)),
+    };
+    let bound = runtime.surcharge_bound(&decision);
+    match session.price(config, &req, &usage, &units, bound).await {
+        Ok(_) => None,
+        Err(e) => Some(("price", e)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_behaviour_becomes_a_typed_error_and_the_host_keeps_serving() {
+    let (runtime, _) = support::runtime();
+    let deadline = runtime.limits().deadline;
+    // Compile outside the timed region.
+    runtime.load(plugin_bytes("hostile")).await.unwrap();
+    for (config, capability, kind) in HOSTILE_CASES {
+        let started = Instant::now();
+        let failure = run_hostile(&runtime, config).await;
+        let elapsed = started.elapsed();
+        let (failed_at, error) = failure.unwrap_or_else(|| panic!("{config}: no failure"));
+        assert_eq!((failed_at, error.kind()), (*capability, *kind), "{config}: {error}");
+        // Route, meter and price each get the deadline.
+        assert!(
+            elapsed < deadline * 3 + MARGIN,
+            "{config} took {elapsed:?} to fail (deadline {deadline:?})"
+        );
+        honest_call_still_works(&runtime).await;
+    }
+    // The honest path of the same plugin still works after all that.
+    assert!(run_hostile(&runtime, "ok").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_deadline_stops_a_spinning_plugin_within_milliseconds() {
+    let (runtime, _) = support::runtime_with(RuntimeLimits::default());
+    let deadline = runtime.limits().deadline;
+    assert_eq!(deadline, Duration::from_millis(5));
+    let plugin = runtime.load(plugin_bytes("hostile")).await;
+    // Loading itself may time out `describe` on a loaded machine; retry once.
+    let plugin = match plugin {
+        Ok(p) => p,
+        Err(_) => runtime.load(plugin_bytes("hostile")).await.unwrap(),
+    };
+    let mut session = plugin.session("spin").await.unwrap();
+    let started = Instant::now();
+    let err = session.route("spin", &request("demo-mini"), &offers()).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(err, PluginError::Timeout(deadline));
+    assert!(elapsed < deadline + MARGIN, "took {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_honest_calls_run_side_by_side() {
+    // Spinners hold both workers for a whole deadline each; honest calls
+    // queue behind them, so the deadline must cover that queueing too.
+    let (runtime, _) = support::runtime_with(RuntimeLimits {
+        deadline: Duration::from_millis(250),
+        ..RuntimeLimits::default()
+    });
+    let hostile = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    let honest = runtime.load(plugin_bytes("support-desk")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (hostile, honest) = (hostile.clone(), honest.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 10 == 0 {
+                let mut s = hostile.session("spin").await.unwrap();
+                let err = s.route("spin", &request("demo-mini"), &offers()).await.unwrap_err();
+                assert_eq!(err.kind(), "timeout");
+            } else {
+                let mut s = honest.session(&format!("r{i}")).await.unwrap();
+                let d = s.route(SUPPORT_CONFIG, &request("demo-pro"), &offers()).await;
+                assert_eq!(d.unwrap().unwrap().primary.model, "demo-mini");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_denies_files_sockets_and_environment() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    let mut session = plugin.session("snoop").await.unwrap();
+    let report = session.route("snoop", &request("demo-mini"), &offers()).await.unwrap();
+    let report = report.unwrap_err().message;
+    for expected in ["file=denied", "dir=denied", "socket=denied", "env=0", "secret=none", "args=0"] {
+        assert!(report.split(';').any(|part| part == expected), "{expected} not in {report}");
+    }
+    let host_cwd = std::env::current_dir().unwrap();
+    assert!(
+        !report.contains(&format!("cwd={}", host_cwd.display())),
+        "the host's working directory leaked: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_are_fixed_and_randomness_is_seeded() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        let mut session = plugin.session("clock").await.unwrap();
+        let r = session.route("clock", &request("demo-mini"), &offers()).await.unwrap();
+        reports.push(r.unwrap_err().message);
+    }
+    assert!(reports[0].starts_with("clock=0;"), "{}", reports[0]);
+    assert_eq!(reports[0], reports[1], "two instances must see identical clock and randomness");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlinked_imports_are_refused_at_load() {
+    let (runtime, _) = support::runtime();
+    for (name, import) in [
+        ("imports-unknown", "tollgate:evil/backdoor"),
+        ("imports-http", "wasi:http/outgoing-handler"),
+    ] {
+        match runtime.load(plugin_bytes(name)).await {
+            Err(LoadError::UnsupportedImport(found)) => {
+                assert!(found.starts_with(import), "{name}: refused for {found}")
+            }
+            Err(other) => panic!("{name}: refused for the wrong reason: {other}"),
+            Ok(_) => panic!("{name} was accepted"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn things_that_are_not_plugin_components_are_refused() {
+    let (runtime, _) = support::runtime_with(RuntimeLimits {
+        max_component_bytes: 1 << 20,
+        ..RuntimeLimits::default()
+    });
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let cases: Vec<(&str, Vec<u8>, fn(&LoadError) -> bool)> = vec![
+        ("empty", Vec::new(), |e| matches!(e, LoadError::NotAComponent(_))),
+        ("text", b"hello".to_vec(), |e| matches!(e, LoadError::NotAComponent(_))),
+        ("elf", b"\x7fELF\x02\x01\x01".to_vec(), |e| matches!(e, LoadError::NotAComponent(_))),
+        ("core module", core_module, |e| matches!(e, LoadError::NotAComponent(_))),
+        ("truncated component", plugin_bytes("support-desk")[..4096].to_vec(), |e| {
+            matches!(e, LoadError::Invalid(_))
+        }),
+        ("too large", vec![0u8; 2 << 20], |e| matches!(e, LoadError::TooLarge { .. })),
+    ];
+    for (what, bytes, expected) in cases {
+        match runtime.load(bytes).await {
+            Err(e) => assert!(expected(&e), "{what}: wrong error {e}"),
+            Ok(_) => panic!("{what} was accepted"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_input_is_refused_before_the_call() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("support-desk")).await.unwrap();
+    let mut req = request("demo-mini");
+    req.tags.insert("ticket".into(), "x".repeat(300 << 10));
+    let mut session = plugin.session("big").await.unwrap();
+    let err = session.route(SUPPORT_CONFIG, &req, &offers()).await.unwrap_err();
+    assert!(matches!(err, PluginError::InputTooLarge { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_is_checked_by_the_plugins_own_validation() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("support-desk")).await.unwrap();
+    assert_eq!(plugin.validate_config(SUPPORT_CONFIG).await, Ok(Ok(())));
+    let refused = plugin
+        .validate_config(r#"{"ticket_fee": "0.05", "margin_percent": "900", "cheap_model": "a", "strong_model": "b"}"#)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(refused.contains("margin_percent must be between 0 and 200"), "{refused}");
+    let malformed = plugin.validate_config("{not json").await.unwrap().unwrap_err();
+    assert!(malformed.starts_with("invalid config"), "{malformed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failure_policy_decides_what_a_failing_route_gets() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    let req = request("demo-pro");
+    for policy in [FailurePolicy::FailClosed, FailurePolicy::FailOpen] {
+        let mut session = plugin.session("policy").await.unwrap();
+        let result = session.route("panic", &req, &offers()).await;
+        match (policy, route_outcome(policy, result, &req, &offers())) {
+            (FailurePolicy::FailClosed, RouteOutcome::Failed(e)) => assert_eq!(e.kind(), "trap"),
+            (FailurePolicy::FailOpen, RouteOutcome::Route { decision, failed_open: Some(e) }) => {
+                assert_eq!(decision.primary.model, "demo-pro", "fail-open routes as requested");
+                assert_eq!(e.kind(), "trap");
+            }
+            (policy, other) => panic!("{policy:?}: unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_errors_and_latency_are_measured_per_plugin() {
+    let (runtime, metrics) = support::runtime();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    honest_call_still_works(&runtime).await;
+    let _ = run_hostile(&runtime, "panic@meter").await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let support = runtime.load(plugin_bytes("support-desk")).await.unwrap();
+    let version = support.hash().short();
+    assert!(
+        text.contains(&format!(
+            "tollgate_plugin_calls_total{{plugin=\"support-desk\",version=\"{version}\",capability=\"route\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("tollgate_plugin_errors_total{plugin=\"hostile\"")
+            && text.contains("capability=\"meter\",kind=\"trap\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tollgate_plugin_call_duration_seconds_bucket{"), "{text}");
+    assert_eq!(support.stats().calls(), 2, "describe at load and one route");
+    assert_eq!(support.stats().errors(), 0);
+}
+
+#[test]
+fn plugin_logging_is_bounded() {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let (runtime, _) = support::runtime_with(RuntimeLimits {
+                deadline: Duration::from_millis(200),
+                ..RuntimeLimits::default()
+            });
+            let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+            let mut session = plugin.session("flood").await.unwrap();
+            let routed = session.route("log-flood", &request("demo-mini"), &offers()).await;
+            assert!(matches!(routed, Ok(Ok(_))), "{routed:?}");
+        })
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("tollgate::plugin_log")).collect();
+    assert_eq!(lines.len(), 32, "at most 32 lines per instance");
+    assert!(lines.iter().all(|l| l.contains("request_id=flood") && l.len() < 1024 + 300));
+}
