@@ -291,7 +291,7 @@ fn main() -> Result<(), BoxError> {
     let store = SledStore::open(dir.path())?;
     let scan_ms = time_ms(1, || {
         let mut total = Decimal::ZERO;
-        store.for_each_record(&mut |r| {
+        store.for_each_record(None, &mut |r| {
             if r.record.client_id == "client-7" {
                 total += r.record.total_charged;
             }

@@ -85,6 +85,13 @@ pub struct LedgerConfig {
     pub queue_capacity: usize,
     /// Most commands applied in one group commit.
     pub max_batch: usize,
+    /// Dirty running aggregates are written to the store at most this long after
+    /// they change (in the group commit that happens to be running). Zero writes
+    /// them with every group. Records are always written immediately; after a
+    /// crash the aggregates are replayed from them (see LEDGER.md).
+    pub aggregate_checkpoint_every: Duration,
+    /// ... or as soon as this many aggregates are dirty.
+    pub max_dirty_aggregates: usize,
     /// How long a writer waits for room in a full queue before `Overloaded`.
     pub enqueue_timeout: Duration,
     /// Reservations neither settled nor released are dropped after this.
@@ -105,6 +112,8 @@ impl Default for LedgerConfig {
             queue_capacity: 8192,
             max_batch: 2048,
             enqueue_timeout: Duration::from_secs(5),
+            aggregate_checkpoint_every: Duration::from_millis(250),
+            max_dirty_aggregates: 100_000,
             reservation_ttl: chrono::Duration::minutes(15),
             platform_fee_pct: Decimal::new(10, 0),
             alert_backoff: Backoff::default(),

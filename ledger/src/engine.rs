@@ -9,7 +9,7 @@
 //! that is half-applied.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -19,9 +19,9 @@ use crate::alerts::Backoff;
 use crate::config::{Durability, LedgerConfig};
 use crate::error::LedgerError;
 use crate::model::{
-    AggKey, Alert, Billing, BucketKind, ClientPlan, CreditBucket, CreditEntry, CreditEntryKind,
-    CreditUse, Delivery, Meta, RecordId, RecordKind, RecordOutcome, ReservationId, StoredRecord,
-    TopUpOutcome, Totals, UsageRecord, contributions,
+    AggKey, AggScan, Alert, Billing, BucketKind, ClientPlan, CreditBucket, CreditEntry,
+    CreditEntryKind, CreditUse, Delivery, Meta, RecordId, RecordKind, RecordOutcome, ReservationId,
+    StoredRecord, TopUpOutcome, Totals, UsageRecord, contributions,
 };
 use crate::period::Period;
 use crate::store::{AggregateWrite, CommitGroup, LedgerStore};
@@ -49,6 +49,8 @@ pub(crate) enum Command {
         error: String,
     },
     SweepExpired(String),
+    /// Write all dirty aggregates now (flush, verify, shutdown).
+    Checkpoint,
 }
 
 #[derive(Debug)]
@@ -135,7 +137,11 @@ struct Held {
 
 pub(crate) struct State {
     meta: Meta,
+    /// Every aggregate the writer has touched, current (authoritative).
     aggs: HashMap<AggKey, Totals>,
+    /// Deltas since the last checkpoint: aggregates the store does not have yet.
+    pending: HashMap<AggKey, Totals>,
+    last_checkpoint: Instant,
     clients: HashMap<String, ClientState>,
     reservations: HashMap<u64, Held>,
     next_reservation: u64,
@@ -147,6 +153,10 @@ pub(crate) struct Shared {
     pub store: Arc<dyn LedgerStore>,
     pub cfg: LedgerConfig,
     state: Mutex<State>,
+    /// Current values of the aggregates not yet checkpointed, for readers: a
+    /// read consults this first, then the store. Entries are removed only after
+    /// the checkpoint that wrote them has committed, so reads never go back.
+    pub overlay: RwLock<HashMap<AggKey, Totals>>,
 }
 
 /// Changes accumulated while a batch is applied.
@@ -226,13 +236,16 @@ impl Shared {
         store: Arc<dyn LedgerStore>,
         cfg: LedgerConfig,
     ) -> Result<Shared, LedgerError> {
-        let meta = store.load_meta()?;
+        let meta = replay(&*store)?;
         let now = cfg.clock.now();
         Ok(Shared {
             store,
+            overlay: RwLock::new(HashMap::new()),
             state: Mutex::new(State {
                 meta,
                 aggs: HashMap::new(),
+                pending: HashMap::new(),
+                last_checkpoint: Instant::now(),
                 clients: HashMap::new(),
                 reservations: HashMap::new(),
                 // Reservation ids from before a restart must not collide with new ones.
@@ -340,7 +353,8 @@ impl Shared {
     }
 
     /// Applies a batch of jobs as one group commit; returns each job's result.
-    fn apply_jobs(&self, jobs: &[Job]) -> Vec<Result<Reply, LedgerError>> {
+    /// `force_checkpoint` also writes every dirty aggregate in that group.
+    fn apply_jobs(&self, jobs: &[Job], force_checkpoint: bool) -> Vec<Result<Reply, LedgerError>> {
         let mut st = match self.lock() {
             Ok(st) => st,
             Err(e) => return jobs.iter().map(|_| Err(clone_err(&e))).collect(),
@@ -351,12 +365,20 @@ impl Shared {
             .iter()
             .map(|j| st.apply(self, &mut b, now, &j.cmd))
             .collect();
-        if b.is_empty() {
+        let checkpoint = !st.pending.is_empty()
+            && (force_checkpoint
+                || jobs.iter().any(|j| matches!(j.cmd, Command::Checkpoint))
+                || st.last_checkpoint.elapsed() >= self.cfg.aggregate_checkpoint_every
+                || st.pending.len() >= self.cfg.max_dirty_aggregates);
+        if b.is_empty() && !checkpoint {
             return results;
         }
-        let group = st.finish(b);
+        let touched: Vec<AggKey> = b.deltas.keys().cloned().collect();
+        let group = st.finish(b, checkpoint);
         match self.store.commit(&group) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.publish(&mut st, checkpoint, touched);
+            }
             Err(e) => {
                 // Memory is now ahead of the store: refuse everything until reopen.
                 let msg = format!("group commit failed: {e}");
@@ -370,6 +392,70 @@ impl Shared {
             }
         }
         results
+    }
+
+    /// One aggregate as readers should see it: the overlay, else the store.
+    pub(crate) fn aggregate(&self, key: &AggKey) -> Result<Option<Totals>, LedgerError> {
+        {
+            let ov = self
+                .overlay
+                .read()
+                .map_err(|_| LedgerError::Poisoned("overlay lock poisoned".into()))?;
+            if let Some(v) = ov.get(key) {
+                return Ok(Some(v.clone()));
+            }
+        }
+        Ok(self.store.get_aggregate(key)?)
+    }
+
+    /// A range of aggregates as readers should see them, in key order.
+    pub(crate) fn scan_aggregates(
+        &self,
+        scan: &AggScan,
+    ) -> Result<Vec<(AggKey, Totals)>, LedgerError> {
+        let fresh: Vec<(AggKey, Totals)> = {
+            let ov = self
+                .overlay
+                .read()
+                .map_err(|_| LedgerError::Poisoned("overlay lock poisoned".into()))?;
+            ov.iter()
+                .filter(|(k, _)| scan.matches(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        if fresh.is_empty() {
+            return Ok(self.store.scan_aggregates(scan)?);
+        }
+        // Store order is the byte order of encoded keys; keep it.
+        let mut merged: BTreeMap<Vec<u8>, (AggKey, Totals)> = self
+            .store
+            .scan_aggregates(scan)?
+            .into_iter()
+            .map(|(k, v)| (crate::sled_store::agg_key(&k), (k, v)))
+            .collect();
+        for (k, v) in fresh {
+            merged.insert(crate::sled_store::agg_key(&k), (k, v));
+        }
+        Ok(merged.into_values().collect())
+    }
+
+    /// Makes the batch's aggregates visible to readers (after its commit).
+    fn publish(&self, st: &mut State, checkpoint: bool, touched: Vec<AggKey>) {
+        let Ok(mut ov) = self.overlay.write() else {
+            st.poisoned = Some("overlay lock poisoned".into());
+            return;
+        };
+        if checkpoint {
+            // The store now holds every aggregate; the overlay is redundant.
+            ov.clear();
+            st.last_checkpoint = Instant::now();
+        } else {
+            for k in touched {
+                if let Some(v) = st.aggs.get(&k) {
+                    ov.insert(k, v.clone());
+                }
+            }
+        }
     }
 
     fn poison(&self, msg: String) {
@@ -515,6 +601,7 @@ impl State {
                 self.sweep(b, client, now);
                 Ok(Reply::Done)
             }
+            Command::Checkpoint => Ok(Reply::Done),
         }
     }
 
@@ -676,6 +763,7 @@ impl State {
     fn book(&mut self, b: &mut Batch, stored: &StoredRecord) {
         for (k, delta) in contributions(stored) {
             self.aggs.entry(k.clone()).or_default().add(&delta);
+            self.pending.entry(k.clone()).or_default().add(&delta);
             b.deltas.entry(k).or_default().add(&delta);
         }
         b.new_records
@@ -944,17 +1032,24 @@ impl State {
         Ok(TopUpOutcome::Applied(bucket))
     }
 
-    /// Turns the batch into the store's commit group.
-    fn finish(&self, mut b: Batch) -> CommitGroup {
+    /// Turns the batch into the store's commit group. A checkpoint group also
+    /// carries every aggregate changed since the previous checkpoint.
+    fn finish(&mut self, mut b: Batch, checkpoint: bool) -> CommitGroup {
         let mut g = std::mem::take(&mut b.group);
-        g.aggregates = b
-            .deltas
-            .into_iter()
-            .map(|(key, delta)| {
-                let value = self.aggs.get(&key).cloned().unwrap_or_default();
-                AggregateWrite { key, delta, value }
-            })
-            .collect();
+        if checkpoint {
+            g.aggregates = self
+                .pending
+                .drain()
+                .map(|(key, delta)| {
+                    let value = self.aggs.get(&key).cloned().unwrap_or_default();
+                    AggregateWrite { key, delta, value }
+                })
+                .collect();
+            self.meta.aggregates_through_seq = self.meta.next_seq;
+            self.meta.replay_from = None;
+        } else if let Some(p) = g.records.iter().map(|r| r.id.period).min() {
+            self.meta.replay_from = Some(self.meta.replay_from.map_or(p, |q| q.min(p)));
+        }
         for (client, id) in b.touched_buckets {
             if let Some(bk) = self
                 .clients
@@ -968,6 +1063,43 @@ impl State {
         g.meta = self.meta;
         g
     }
+}
+
+/// Brings stored aggregates up to date after a crash: adds the records written
+/// since the last checkpoint and commits the result as a new checkpoint.
+fn replay(store: &dyn LedgerStore) -> Result<Meta, LedgerError> {
+    let mut meta = store.load_meta()?;
+    let Some(from) = meta.replay_from else {
+        return Ok(meta);
+    };
+    let through = meta.aggregates_through_seq;
+    let mut deltas: HashMap<AggKey, Totals> = HashMap::new();
+    let mut replayed = 0u64;
+    store.for_each_record(Some(from), &mut |r| {
+        if r.id.seq >= through {
+            replayed += 1;
+            for (k, d) in contributions(&r) {
+                deltas.entry(k).or_default().add(&d);
+            }
+        }
+        Ok(())
+    })?;
+    let mut group = CommitGroup::default();
+    for (key, delta) in deltas {
+        let mut value = store.get_aggregate(&key)?.unwrap_or_default();
+        value.add(&delta);
+        group.aggregates.push(AggregateWrite { key, delta, value });
+    }
+    meta.aggregates_through_seq = meta.next_seq;
+    meta.replay_from = None;
+    group.meta = meta;
+    store.commit(&group)?;
+    store.sync()?;
+    tracing::info!(
+        replayed,
+        "ledger aggregates replayed from records after restart"
+    );
+    Ok(meta)
 }
 
 fn validate_plan(p: &ClientPlan) -> Result<(), LedgerError> {
@@ -1028,7 +1160,7 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut results = sh.apply_jobs(&jobs);
+        let mut results = sh.apply_jobs(&jobs, false);
         let wrote = results.iter().any(|r| r.is_ok());
         match sh.cfg.durability {
             Durability::Sync => {
@@ -1053,5 +1185,7 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
             let _ = job.reply.send(res);
         }
     }
+    // Shutdown: checkpoint so the next open has nothing to replay.
+    let _ = sh.apply_jobs(&[], true);
     let _ = flush(&sh);
 }

@@ -221,14 +221,14 @@ impl Ledger {
     /// the running aggregates (a point read plus a short prefix scan).
     pub fn usage_so_far(&self, client_id: &str, period: Period) -> Result<UsageSoFar, LedgerError> {
         let t = self
-            .store()
-            .get_aggregate(&AggKey::Client {
+            .shared()
+            .aggregate(&AggKey::Client {
                 client: client_id.to_owned(),
                 period,
             })?
             .unwrap_or_default();
         let mut units = BTreeMap::new();
-        for (k, v) in self.store().scan_aggregates(&AggScan::ClientUnits {
+        for (k, v) in self.shared().scan_aggregates(&AggScan::ClientUnits {
             client: client_id.to_owned(),
             period,
         })? {
@@ -350,7 +350,7 @@ impl Ledger {
 
     /// A client's statement for a period, from running aggregates.
     pub fn statement(&self, client_id: &str, period: Period) -> Result<Statement, LedgerError> {
-        statement::statement(self.store(), self.currency(), client_id, period)
+        statement::statement(self.shared(), self.currency(), client_id, period)
     }
 
     /// An agency's payout for a closed period.
@@ -363,7 +363,7 @@ impl Ledger {
             });
         }
         statement::payout(
-            self.store(),
+            self.shared(),
             self.currency(),
             agency_id,
             period,
@@ -373,7 +373,7 @@ impl Ledger {
 
     /// What is owed to each upstream provider for a period.
     pub fn settlement(&self, period: Period) -> Result<Settlement, LedgerError> {
-        statement::settlement(self.store(), self.currency(), period)
+        statement::settlement(self.shared(), self.currency(), period)
     }
 
     /// Usage per model for a period, for one client or everyone.
@@ -382,13 +382,22 @@ impl Ledger {
         period: Period,
         client_id: Option<&str>,
     ) -> Result<UsageReport, LedgerError> {
-        statement::usage_report(self.store(), self.currency(), period, client_id)
+        statement::usage_report(self.shared(), self.currency(), period, client_id)
     }
 
-    /// Recomputes aggregates, balances and idempotency from the raw records and
-    /// entries and compares them with the stored running state.
+    /// Checkpoints, then recomputes aggregates, balances and idempotency claims
+    /// from the raw records and entries and compares them with the stored state.
+    /// Meant for a quiescent ledger (admin "fsck", tests): writes racing with it
+    /// can show up as differences.
     pub fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        self.checkpoint()?;
         verify::verify(self.store())
+    }
+
+    /// Writes every dirty running aggregate to the store now, durably.
+    pub fn checkpoint(&self) -> Result<(), LedgerError> {
+        self.submit(Command::Checkpoint)?;
+        Ok(self.store().sync()?)
     }
 
     /// Durability barrier: everything acknowledged so far is on disk afterwards.

@@ -197,6 +197,42 @@ pub enum AggScan {
     All,
 }
 
+impl AggScan {
+    /// Whether `key` lies in this scan's range.
+    pub fn matches(&self, key: &AggKey) -> bool {
+        match (self, key) {
+            (AggScan::All, _) => true,
+            (
+                AggScan::ClientModels { client, period },
+                AggKey::ClientModel {
+                    client: c,
+                    period: p,
+                    ..
+                },
+            )
+            | (
+                AggScan::ClientUnits { client, period },
+                AggKey::ClientUnit {
+                    client: c,
+                    period: p,
+                    ..
+                },
+            ) => client == c && period == p,
+            (
+                AggScan::AgencyClients { agency, period },
+                AggKey::AgencyClient {
+                    agency: a,
+                    period: p,
+                    ..
+                },
+            ) => agency == a && period == p,
+            (AggScan::Providers { period }, AggKey::Provider { period: p, .. })
+            | (AggScan::Models { period }, AggKey::Model { period: p, .. }) => period == p,
+            _ => false,
+        }
+    }
+}
+
 /// Running totals of one aggregate. Counts are signed because reversals subtract.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Totals {
@@ -447,6 +483,13 @@ pub struct Meta {
     pub next_seq: u64,
     pub next_entry_seq: u64,
     pub next_alert_id: u64,
+    /// Stored aggregates reflect every record with `seq` below this.
+    #[serde(default)]
+    pub aggregates_through_seq: u64,
+    /// Earliest period holding a record not yet in the stored aggregates
+    /// (where replay starts on open); `None` when they are complete.
+    #[serde(default)]
+    pub replay_from: Option<Period>,
 }
 
 /// Spend and usage of a client in a period, from the running aggregates.

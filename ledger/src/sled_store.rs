@@ -478,10 +478,18 @@ impl LedgerStore for SledStore {
 
     fn for_each_record(
         &self,
+        from: Option<Period>,
         f: &mut dyn FnMut(StoredRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for kv in self.tree.scan_prefix([RECORD]) {
+        let mut start = vec![RECORD];
+        if let Some(p) = from {
+            put_period(&mut start, p);
+        }
+        for kv in self.tree.range(start..) {
             let (k, v) = kv?;
+            if k.first() != Some(&RECORD) {
+                break;
+            }
             f(decode(&k, &v)?)?;
         }
         Ok(())

@@ -9,11 +9,11 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Shared;
 use crate::error::LedgerError;
 use crate::model::{AggKey, AggScan, Totals};
 use crate::money::Currency;
 use crate::period::Period;
-use crate::store::LedgerStore;
 
 /// One model's usage on a statement or usage report. Money is rounded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,7 +145,7 @@ pub struct UsageReport {
 }
 
 fn model_lines(
-    store: &dyn LedgerStore,
+    store: &Shared,
     c: Currency,
     scan: &AggScan,
 ) -> Result<(Vec<StatementLine>, Totals), LedgerError> {
@@ -163,7 +163,7 @@ fn model_lines(
 }
 
 pub(crate) fn statement(
-    store: &dyn LedgerStore,
+    store: &Shared,
     c: Currency,
     client: &str,
     period: Period,
@@ -195,7 +195,7 @@ pub(crate) fn statement(
         }
     }
     let client_totals = store
-        .get_aggregate(&AggKey::Client {
+        .aggregate(&AggKey::Client {
             client: client.to_owned(),
             period,
         })?
@@ -230,7 +230,7 @@ pub(crate) fn statement(
 }
 
 pub(crate) fn payout(
-    store: &dyn LedgerStore,
+    store: &Shared,
     c: Currency,
     agency: &str,
     period: Period,
@@ -278,7 +278,7 @@ pub(crate) fn payout(
 }
 
 pub(crate) fn settlement(
-    store: &dyn LedgerStore,
+    store: &Shared,
     c: Currency,
     period: Period,
 ) -> Result<Settlement, LedgerError> {
@@ -306,7 +306,7 @@ pub(crate) fn settlement(
 }
 
 pub(crate) fn usage_report(
-    store: &dyn LedgerStore,
+    store: &Shared,
     c: Currency,
     period: Period,
     client: Option<&str>,

@@ -10,9 +10,9 @@ use crate::model::{
 };
 use crate::period::Period;
 
-/// A running aggregate after a group: `delta` is what the group added, `value` the
-/// new total. Sled writes `value` (the writer owns the totals); SQL applies
-/// `x = x + delta`, which stays correct even with several writer nodes.
+/// A running aggregate at a checkpoint: `delta` is what changed since the previous
+/// checkpoint, `value` the new total. Sled writes `value` (the writer owns the
+/// totals); SQL applies `x = x + delta`, which stays correct with several writers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregateWrite {
     pub key: AggKey,
@@ -27,6 +27,8 @@ pub struct CommitGroup {
     /// the key is free; a SQL backend still inserts with `ON CONFLICT DO NOTHING`
     /// and fails the group if a key was taken meanwhile).
     pub records: Vec<StoredRecord>,
+    /// Aggregates flushed by this group (a checkpoint); empty in most groups,
+    /// see `meta.aggregates_through_seq` and LEDGER.md.
     pub aggregates: Vec<AggregateWrite>,
     pub credit_entries: Vec<CreditEntry>,
     /// Buckets created or whose balance changed (upsert).
@@ -67,9 +69,11 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn idempotency_key_count(&self) -> Result<u64, StoreError>;
     fn get_record(&self, id: RecordId) -> Result<Option<StoredRecord>, StoreError>;
     fn query_records(&self, q: &RecordQuery) -> Result<Page<StoredRecord>, StoreError>;
-    /// Visits every record (verification and rebuilds).
+    /// Visits every record of `from` and later periods (all when `None`), in
+    /// (period, seq) order: verification and aggregate replay.
     fn for_each_record(
         &self,
+        from: Option<Period>,
         f: &mut dyn FnMut(StoredRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 

@@ -34,7 +34,7 @@ pub(crate) fn verify(store: &dyn LedgerStore) -> Result<VerifyReport, LedgerErro
     let mut keys = HashSet::new();
     let mut credits_by_records = Decimal::ZERO;
     let mut problems = Vec::new();
-    store.for_each_record(&mut |r| {
+    store.for_each_record(None, &mut |r| {
         rep.records += 1;
         if !keys.insert(r.record.idempotency_key.clone()) {
             problems.push(format!(

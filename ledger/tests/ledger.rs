@@ -787,18 +787,34 @@ fn async_api_records_through_the_group_commit() {
     assert_eq!(l.usage_so_far("c1", p("2025-01")).unwrap().requests, 31);
 }
 
-/// A store whose commits wait for a gate: lets a test fill the queue.
-struct GatedStore {
-    inner: SledStore,
+/// A store whose commits wait for a gate (lets a test fill the queue) and can
+/// be made to fail every commit from some point on (simulates a crash: nothing
+/// after that point reaches the store).
+struct TestStore {
+    inner: Arc<SledStore>,
     gate: std::sync::Mutex<()>,
+    dead: std::sync::atomic::AtomicBool,
 }
 
-impl LedgerStore for GatedStore {
+impl TestStore {
+    fn new(inner: Arc<SledStore>) -> TestStore {
+        TestStore {
+            inner,
+            gate: std::sync::Mutex::new(()),
+            dead: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl LedgerStore for TestStore {
     fn load_meta(&self) -> Result<Meta, StoreError> {
         self.inner.load_meta()
     }
     fn commit(&self, g: &CommitGroup) -> Result<(), StoreError> {
         let _held = self.gate.lock().unwrap();
+        if self.dead.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("simulated crash".into()));
+        }
         self.inner.commit(g)
     }
     fn sync(&self) -> Result<(), StoreError> {
@@ -818,9 +834,10 @@ impl LedgerStore for GatedStore {
     }
     fn for_each_record(
         &self,
+        from: Option<Period>,
         f: &mut dyn FnMut(StoredRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.inner.for_each_record(f)
+        self.inner.for_each_record(from, f)
     }
     fn get_aggregate(&self, k: &AggKey) -> Result<Option<Totals>, StoreError> {
         self.inner.get_aggregate(k)
@@ -856,10 +873,7 @@ impl LedgerStore for GatedStore {
 
 #[test]
 fn a_full_queue_backpressures_then_reports_overloaded_without_losing_acknowledged_writes() {
-    let store = Arc::new(GatedStore {
-        inner: SledStore::temporary().unwrap(),
-        gate: std::sync::Mutex::new(()),
-    });
+    let store = Arc::new(TestStore::new(Arc::new(SledStore::temporary().unwrap())));
     let l = Ledger::open_with_store(
         store.clone(),
         LedgerConfig {
@@ -899,4 +913,61 @@ fn a_full_queue_backpressures_then_reports_overloaded_without_losing_acknowledge
     assert_eq!(ok, 3);
     assert_eq!(overloaded, 5);
     assert_eq!(l.usage_so_far("c1", p("2025-01")).unwrap().requests, 3);
+}
+
+#[test]
+fn aggregates_between_checkpoints_are_read_from_memory_and_replayed_after_a_crash() {
+    let sled = Arc::new(SledStore::temporary().unwrap());
+    let cfg = || LedgerConfig {
+        aggregate_checkpoint_every: std::time::Duration::from_secs(3600),
+        clock: ManualClock::new(t("2025-01-10T12:00:00Z")).clock(),
+        ..LedgerConfig::default()
+    };
+    let client_key = AggKey::Client {
+        client: "c1".into(),
+        period: p("2025-01"),
+    };
+    let store = Arc::new(TestStore::new(sled.clone()));
+    let l = Ledger::open_with_store(store.clone(), cfg()).unwrap();
+    for i in 0..5 {
+        let mut r = rec(&format!("a{i}"), "c1", "1", "0.5");
+        r.units.insert("doc".into(), d("1"));
+        l.record(r).unwrap();
+    }
+    // Not checkpointed yet: the store has the records but no aggregates, and
+    // readers still see the running totals.
+    assert_eq!(sled.get_aggregate(&client_key).unwrap(), None);
+    assert_eq!(l.usage_so_far("c1", p("2025-01")).unwrap().spend, d("7.5"));
+    assert_eq!(l.statement("c1", p("2025-01")).unwrap().total, d("7.50"));
+    l.checkpoint().unwrap();
+    assert_eq!(
+        sled.get_aggregate(&client_key).unwrap().unwrap().total,
+        d("7.5")
+    );
+
+    // Three more records, then the "crash": nothing reaches the store any more,
+    // including the shutdown checkpoint.
+    for i in 0..3 {
+        l.record(rec(&format!("b{i}"), "c1", "2", "0")).unwrap();
+    }
+    store.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(l);
+    assert_eq!(
+        sled.get_aggregate(&client_key).unwrap().unwrap().total,
+        d("7.5")
+    );
+    assert!(sled.load_meta().unwrap().replay_from.is_some());
+
+    // Reopening replays the three records into the aggregates.
+    let l = Ledger::open_with_store(Arc::new(TestStore::new(sled.clone())), cfg()).unwrap();
+    assert_eq!(
+        sled.get_aggregate(&client_key).unwrap().unwrap().total,
+        d("13.5")
+    );
+    assert_eq!(sled.load_meta().unwrap().replay_from, None);
+    let u = l.usage_so_far("c1", p("2025-01")).unwrap();
+    assert_eq!((u.spend, u.requests), (d("13.5"), 8));
+    assert!(l.record(rec("b1", "c1", "2", "0")).unwrap().is_duplicate());
+    let v = l.verify().unwrap();
+    assert!(v.is_consistent(), "{:?}", v.problems);
 }
