@@ -68,6 +68,40 @@ fn record(key: String, i: u64) -> UsageRecord {
     }
 }
 
+/// CPU seconds (user + system) this process has used so far, from
+/// `/proc/self/stat` (Linux; 100 ticks/s). Other builds share this 2-core machine,
+/// so records per CPU-second is reported beside wall-clock throughput.
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let Some(rest) = stat.rsplit(')').next() else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Throughput of one run: wall-clock records/s and records per CPU-second.
+#[derive(Clone, Copy)]
+struct Rate {
+    wall: f64,
+    cpu: f64,
+}
+
+fn median_rate(xs: &[Rate]) -> Rate {
+    Rate {
+        wall: median(xs.iter().map(|r| r.wall).collect()),
+        cpu: median(xs.iter().map(|r| r.cpu).collect()),
+    }
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -88,7 +122,7 @@ fn open(
 
 /// Records `total` records from `writers` threads; returns records/s until the
 /// last acknowledgement (and, for batched, the final flush).
-fn ingest(durability: Durability, writers: u64, total: u64) -> Result<f64, BoxError> {
+fn ingest(durability: Durability, writers: u64, total: u64) -> Result<Rate, BoxError> {
     let dir = tempfile::tempdir()?;
     let clock = ManualClock::new(jan(0) + chrono::Duration::days(20));
     let ledger = open(dir.path(), durability, &clock)?;
@@ -115,17 +149,22 @@ fn ingest(durability: Durability, writers: u64, total: u64) -> Result<f64, BoxEr
         .collect();
     barrier.wait();
     let start = Instant::now();
+    let cpu0 = cpu_secs();
     for h in handles {
         h.join().map_err(|_| "writer panicked")??;
     }
     ledger.flush()?;
     let secs = start.elapsed().as_secs_f64();
-    Ok((per * writers) as f64 / secs)
+    let n = (per * writers) as f64;
+    Ok(Rate {
+        wall: n / secs,
+        cpu: n / (cpu_secs() - cpu0),
+    })
 }
 
 /// Baseline: the same serialized records inserted straight into sled, one key
 /// each, no idempotency, aggregates or index; `flush_each` flushes per insert.
-fn raw_sled(writers: u64, total: u64, flush_each: bool) -> Result<f64, BoxError> {
+fn raw_sled(writers: u64, total: u64, flush_each: bool) -> Result<Rate, BoxError> {
     let dir = tempfile::tempdir()?;
     let db = sled::Config::new()
         .path(dir.path())
@@ -159,11 +198,16 @@ fn raw_sled(writers: u64, total: u64, flush_each: bool) -> Result<f64, BoxError>
         .collect();
     barrier.wait();
     let start = Instant::now();
+    let cpu0 = cpu_secs();
     for h in handles {
         h.join().map_err(|_| "writer panicked")??;
     }
     db.flush()?;
-    Ok((per * writers) as f64 / start.elapsed().as_secs_f64())
+    let n = (per * writers) as f64;
+    Ok(Rate {
+        wall: n / start.elapsed().as_secs_f64(),
+        cpu: n / (cpu_secs() - cpu0),
+    })
 }
 
 fn time_ms<T>(runs: usize, mut f: impl FnMut() -> Result<T, BoxError>) -> Result<f64, BoxError> {
@@ -185,8 +229,8 @@ fn main() -> Result<(), BoxError> {
     let n = |x: f64| (x * scale).max(64.0) as u64;
     let runs = 3;
     println!("## tollgate-ledger benchmarks (scale {scale}, medians of {runs} runs)\n");
-    println!("| benchmark | median |");
-    println!("|---|---|");
+    println!("| benchmark | median | per CPU-second |");
+    println!("|---|---|---|");
 
     let batched = Durability::Batched {
         flush_every: Duration::from_millis(100),
@@ -197,17 +241,19 @@ fn main() -> Result<(), BoxError> {
         for _ in 0..runs {
             xs.push(ingest(batched, writers, sizes)?);
         }
+        let r = median_rate(&xs);
         println!(
-            "| ingest, batched (100 ms), {writers} writer(s), {sizes} records, with aggregates | {:.0} records/s |",
-            median(xs)
+            "| ingest, batched (100 ms), {writers} writer(s), {sizes} records, with aggregates | {:.0} records/s | {:.0} records/CPU-s |",
+            r.wall, r.cpu
         );
         let mut xs = Vec::new();
         for _ in 0..runs {
             xs.push(raw_sled(writers, sizes, false)?);
         }
+        let r = median_rate(&xs);
         println!(
-            "| baseline: raw sled insert, {writers} writer(s), {sizes} records, no aggregates | {:.0} records/s |",
-            median(xs)
+            "| baseline: raw sled insert, {writers} writer(s), {sizes} records, no aggregates | {:.0} records/s | {:.0} records/CPU-s |",
+            r.wall, r.cpu
         );
     }
 
@@ -216,18 +262,20 @@ fn main() -> Result<(), BoxError> {
     for _ in 0..runs {
         xs.push(ingest(Durability::Sync, 64, sync_n)?);
     }
+    let r = median_rate(&xs);
     println!(
-        "| ingest, sync (group commit), 64 writers, {sync_n} records, with aggregates | {:.0} records/s |",
-        median(xs)
+        "| ingest, sync (group commit), 64 writers, {sync_n} records, with aggregates | {:.0} records/s | {:.0} records/CPU-s |",
+        r.wall, r.cpu
     );
     let raw_n = n(4_000.0);
     let mut xs = Vec::new();
     for _ in 0..runs {
         xs.push(raw_sled(64, raw_n, true)?);
     }
+    let r = median_rate(&xs);
     println!(
-        "| baseline: raw sled insert + flush per record, 64 writers, {raw_n} records | {:.0} records/s |",
-        median(xs)
+        "| baseline: raw sled insert + flush per record, 64 writers, {raw_n} records | {:.0} records/s | {:.0} records/CPU-s |",
+        r.wall, r.cpu
     );
 
     // A month of records, then reports from the running aggregates.
@@ -256,7 +304,7 @@ fn main() -> Result<(), BoxError> {
     ledger.flush()?;
     let fill_s = fill.elapsed().as_secs_f64();
     println!(
-        "| fill: {} records (1000 clients, 10 agencies, 20 models, 5 providers), batched, 64 writers | {:.1} s ({:.0} records/s) |",
+        "| fill: {} records (1000 clients, 10 agencies, 20 models, 5 providers), batched, 64 writers | {:.1} s ({:.0} records/s) | |",
         per * writers,
         fill_s,
         (per * writers) as f64 / fill_s
@@ -277,10 +325,10 @@ fn main() -> Result<(), BoxError> {
         Ok(sum)
     })?;
     let usage_ms = time_ms(11, || Ok(ledger.usage_so_far("client-7", period)?))?;
-    println!("| statement for one client (20 model lines, 5 unit lines) | {st_ms:.2} ms |");
-    println!("| payout for one agency (100 clients) | {po_ms:.2} ms |");
-    println!("| provider settlement for the month | {se_ms:.2} ms |");
-    println!("| all 10 payouts + all 1000 statements | {all_ms:.1} ms |");
+    println!("| statement for one client (20 model lines, 5 unit lines) | {st_ms:.2} ms | |");
+    println!("| payout for one agency (100 clients) | {po_ms:.2} ms | |");
+    println!("| provider settlement for the month | {se_ms:.2} ms | |");
+    println!("| all 10 payouts + all 1000 statements | {all_ms:.1} ms | |");
     println!(
         "| usage_so_far (request summary read) | {:.1} µs |",
         usage_ms * 1e3
@@ -299,6 +347,6 @@ fn main() -> Result<(), BoxError> {
         })?;
         Ok(total)
     })?;
-    println!("| baseline: one client's total by scanning all records | {scan_ms:.0} ms |");
+    println!("| baseline: one client's total by scanning all records | {scan_ms:.0} ms | |");
     Ok(())
 }
