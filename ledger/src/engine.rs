@@ -164,7 +164,8 @@ pub(crate) struct Shared {
 struct Batch {
     group: CommitGroup,
     deltas: HashMap<AggKey, Totals>,
-    new_records: HashMap<String, StoredRecord>,
+    /// Idempotency key -> index in `group.records`.
+    new_records: HashMap<String, usize>,
     new_topups: HashMap<String, CreditBucket>,
     touched_buckets: BTreeSet<(String, String)>,
     alerts: BTreeMap<u64, Alert>,
@@ -621,7 +622,7 @@ impl State {
         b: &Batch,
         key: &str,
     ) -> Result<Option<StoredRecord>, LedgerError> {
-        if let Some(r) = b.new_records.get(key) {
+        if let Some(r) = b.new_records.get(key).and_then(|&i| b.group.records.get(i)) {
             return Ok(Some(r.clone()));
         }
         match sh.store.find_idempotency_key(key)? {
@@ -761,13 +762,23 @@ impl State {
 
     /// Adds a record to the running aggregates and the group.
     fn book(&mut self, b: &mut Batch, stored: &StoredRecord) {
+        // Look up before inserting: most keys are already present, and cloning
+        // string keys for `entry` was a measurable share of the writer's time.
+        fn add(map: &mut HashMap<AggKey, Totals>, k: &AggKey, d: &Totals) {
+            match map.get_mut(k) {
+                Some(t) => t.add(d),
+                None => {
+                    map.insert(k.clone(), d.clone());
+                }
+            }
+        }
         for (k, delta) in contributions(stored) {
-            self.aggs.entry(k.clone()).or_default().add(&delta);
-            self.pending.entry(k.clone()).or_default().add(&delta);
-            b.deltas.entry(k).or_default().add(&delta);
+            add(&mut self.aggs, &k, &delta);
+            add(&mut self.pending, &k, &delta);
+            add(&mut b.deltas, &k, &delta);
         }
         b.new_records
-            .insert(stored.record.idempotency_key.clone(), stored.clone());
+            .insert(stored.record.idempotency_key.clone(), b.group.records.len());
         b.group.records.push(stored.clone());
     }
 
