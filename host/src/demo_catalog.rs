@@ -29,9 +29,33 @@ fn offer(model: &str, input: Decimal, output: Decimal, cached: Decimal, window: 
 /// The demo catalog.
 pub fn offers() -> Vec<ModelOffer> {
     vec![
-        offer("demo-mini", Decimal::new(15, 2), Decimal::new(60, 2), Decimal::new(75, 3), 128_000),
-        offer("demo-pro", Decimal::new(250, 2), Decimal::new(1000, 2), Decimal::new(125, 2), 128_000),
-        offer("demo-long", Decimal::new(125, 2), Decimal::new(500, 2), Decimal::new(625, 3), 1_000_000),
-        offer("demo-embed", Decimal::new(2, 2), Decimal::ZERO, Decimal::ZERO, 8_192),
+        offer(
+            "demo-mini",
+            Decimal::new(15, 2),
+            Decimal::new(60, 2),
+            Decimal::new(75, 3),
+            128_000,
+        ),
+        offer(
+            "demo-pro",
+            Decimal::new(250, 2),
+            Decimal::new(1000, 2),
+            Decimal::new(125, 2),
+            128_000,
+        ),
+        offer(
+            "demo-long",
+            Decimal::new(125, 2),
+            Decimal::new(500, 2),
+            Decimal::new(625, 3),
+            1_000_000,
+        ),
+        offer(
+            "demo-embed",
+            Decimal::new(2, 2),
+            Decimal::ZERO,
+            Decimal::ZERO,
+            8_192,
+        ),
     ]
 }

@@ -5,5 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod demo_catalog;
+pub mod gateway;
 pub mod plugin;
+pub mod server;
+pub mod tokens;
+pub mod upstream;

@@ -9,7 +9,10 @@ use crate::Plugin;
 use crate::log::Level;
 use tollgate_plugin_types::{self as t, decimal};
 
-#[allow(unsafe_code, reason = "wit-bindgen emits the canonical ABI glue as unsafe code")]
+#[allow(
+    unsafe_code,
+    reason = "wit-bindgen emits the canonical ABI glue as unsafe code"
+)]
 mod bindings {
     wit_bindgen::generate!({
         path: "../wit/v0.1",
@@ -66,7 +69,8 @@ impl<E: Exports> wit_plugin::Guest for E {
             kind: w::RejectionKind::InvalidRequest,
             message,
         };
-        let config = crate::parse_config::<<E::Plugin as Plugin>::Config>(&config).map_err(invalid)?;
+        let config =
+            crate::parse_config::<<E::Plugin as Plugin>::Config>(&config).map_err(invalid)?;
         let request = request_from_wit(request).map_err(invalid)?;
         let offers = offers
             .into_iter()

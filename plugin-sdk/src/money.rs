@@ -40,7 +40,10 @@ mod tests {
 
     #[test]
     fn helpers_are_exact() {
-        assert_eq!(percent_of(Decimal::new(1, 1), Decimal::from(15)), Decimal::new(15, 3));
+        assert_eq!(
+            percent_of(Decimal::new(1, 1), Decimal::from(15)),
+            Decimal::new(15, 3)
+        );
         assert_eq!(tokens_cost(3, Decimal::new(15, 2)), Decimal::new(45, 8));
         assert!(parse("1e3").is_err());
     }

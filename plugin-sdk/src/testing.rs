@@ -132,7 +132,12 @@ pub fn run_fixtures<P: Plugin>(dir: impl AsRef<Path>) {
 }
 
 /// An offer for tests, with prices per million tokens given as text.
-pub fn offer(model: &str, provider: &str, input_per_mtok: &str, output_per_mtok: &str) -> ModelOffer {
+pub fn offer(
+    model: &str,
+    provider: &str,
+    input_per_mtok: &str,
+    output_per_mtok: &str,
+) -> ModelOffer {
     let parse = |s: &str| tollgate_plugin_types::decimal::parse(s).unwrap_or_default();
     ModelOffer {
         model: model.into(),

@@ -166,7 +166,10 @@ mod tests {
             parse("123456789012345678901234567890"),
             Err(DecimalError::Precision(_))
         ));
-        assert!(matches!(parse(&"1".repeat(80)), Err(DecimalError::TooLong(80))));
+        assert!(matches!(
+            parse(&"1".repeat(80)),
+            Err(DecimalError::TooLong(80))
+        ));
     }
 
     #[test]

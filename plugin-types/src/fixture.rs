@@ -232,7 +232,11 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Case>, FixtureError> {
                 .unwrap_or_default();
             let mut input: CaseInput = read_json(&case_dir.join("input.json"))?;
             if input.offers.is_none() {
-                input.offers = Some(catalog.clone().ok_or(FixtureError::NoOffers(name.clone()))?);
+                input.offers = Some(
+                    catalog
+                        .clone()
+                        .ok_or(FixtureError::NoOffers(name.clone()))?,
+                );
             }
             let expected_path = case_dir.join("expected.json");
             let expected = if expected_path.exists() {
@@ -347,7 +351,9 @@ pub fn compare(expected: &Expected, actual: &Actual) -> Vec<String> {
             return diffs;
         }
         (Some(want), _) => {
-            diffs.push(format!("config was accepted, expected an error containing {want:?}"));
+            diffs.push(format!(
+                "config was accepted, expected an error containing {want:?}"
+            ));
             return diffs;
         }
         (None, Some(Err(got))) => {
@@ -372,12 +378,18 @@ pub fn compare(expected: &Expected, actual: &Actual) -> Vec<String> {
             if let Some(kind) = want.kind
                 && kind != rejection.kind
             {
-                diffs.push(format!("rejected as {:?}, expected {kind:?}", rejection.kind));
+                diffs.push(format!(
+                    "rejected as {:?}, expected {kind:?}",
+                    rejection.kind
+                ));
             }
             if let Some(text) = &want.message_contains
                 && !rejection.message.contains(text.as_str())
             {
-                diffs.push(format!("rejection {:?} does not contain {text:?}", rejection.message));
+                diffs.push(format!(
+                    "rejection {:?} does not contain {text:?}",
+                    rejection.message
+                ));
             }
             return diffs;
         }
@@ -398,10 +410,7 @@ pub fn compare(expected: &Expected, actual: &Actual) -> Vec<String> {
             {
                 diffs.push(format!(
                     "routed to {}/{}, expected {}/{}",
-                    decision.primary.provider,
-                    decision.primary.model,
-                    want.provider,
-                    want.model
+                    decision.primary.provider, decision.primary.model, want.provider, want.model
                 ));
             }
             if let Some(want) = &expected.fallbacks

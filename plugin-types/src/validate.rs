@@ -122,7 +122,11 @@ pub fn check_route(decision: &RouteDecision, offers: &[ModelOffer]) -> Result<()
 
 /// Checks a rejection's message length.
 pub fn check_rejection(rejection: &Rejection) -> Result<(), InvalidOutput> {
-    check_len("rejection message", &rejection.message, MAX_REJECTION_MESSAGE)
+    check_len(
+        "rejection message",
+        &rejection.message,
+        MAX_REJECTION_MESSAGE,
+    )
 }
 
 /// Checks the units `meter` returned.
@@ -216,22 +220,36 @@ mod tests {
         d.fallbacks.push(r("b"));
         assert_eq!(check_route(&d, &offers), Ok(()));
         d.fallbacks.push(r("a"));
-        assert!(matches!(check_route(&d, &offers), Err(InvalidOutput::DuplicateOffer { .. })));
+        assert!(matches!(
+            check_route(&d, &offers),
+            Err(InvalidOutput::DuplicateOffer { .. })
+        ));
         let d = RouteDecision::to(r("z"));
-        assert!(matches!(check_route(&d, &offers), Err(InvalidOutput::UnknownOffer { .. })));
+        assert!(matches!(
+            check_route(&d, &offers),
+            Err(InvalidOutput::UnknownOffer { .. })
+        ));
     }
 
     #[test]
     fn units_are_named_and_bounded() {
         assert_eq!(check_units(&[BusinessUnit::new("page", 12)]), Ok(()));
         for bad in ["", "Page", "pa ge", "ticket!", &"x".repeat(65)] {
-            assert!(check_units(&[BusinessUnit::new(bad, 1)]).is_err(), "{bad:?}");
+            assert!(
+                check_units(&[BusinessUnit::new(bad, 1)]).is_err(),
+                "{bad:?}"
+            );
         }
         assert!(check_units(&[BusinessUnit::new("page", -1)]).is_err());
         assert!(check_units(&[BusinessUnit::new("page", 2_000_000_000i64)]).is_err());
         let dup = [BusinessUnit::new("page", 1), BusinessUnit::new("page", 2)];
-        assert_eq!(check_units(&dup), Err(InvalidOutput::DuplicateUnit("page".into())));
-        let many: Vec<_> = (0..65).map(|i| BusinessUnit::new(format!("u{i}"), 1)).collect();
+        assert_eq!(
+            check_units(&dup),
+            Err(InvalidOutput::DuplicateUnit("page".into()))
+        );
+        let many: Vec<_> = (0..65)
+            .map(|i| BusinessUnit::new(format!("u{i}"), 1))
+            .collect();
         assert_eq!(check_units(&many), Err(InvalidOutput::TooManyUnits(65)));
     }
 
@@ -244,7 +262,10 @@ mod tests {
         let bound = Decimal::from(5);
         assert_eq!(check_quote(&q("0"), bound), Ok(()));
         assert_eq!(check_quote(&q("5"), bound), Ok(()));
-        assert!(matches!(check_quote(&q("-0.01"), bound), Err(InvalidOutput::NegativeSurcharge(_))));
+        assert!(matches!(
+            check_quote(&q("-0.01"), bound),
+            Err(InvalidOutput::NegativeSurcharge(_))
+        ));
         assert!(matches!(
             check_quote(&q("5.01"), bound),
             Err(InvalidOutput::SurchargeAboveBound { .. })

@@ -4,6 +4,13 @@
 //! run into `target/plugins`), the `tollgate` binary as a subprocess, and
 //! real servers on loopback ports.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a failing test reports by panicking"
+)]
+
 mod plugin_runtime;
 mod plugin_tooling;
 mod support;

@@ -41,7 +41,10 @@ async fn honest_call_still_works(runtime: &tollgate::plugin::PluginRuntime) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(decision.primary.model, "demo-mini", "short prompt goes to the cheap model");
+    assert_eq!(
+        decision.primary.model, "demo-mini",
+        "short prompt goes to the cheap model"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +58,12 @@ async fn example_plugins_load_and_describe_themselves() {
         assert_eq!(plugin.world(), WorldVersion::V0_1);
         assert_eq!(plugin.hash(), ContentHash::of(&bytes));
         assert_eq!(plugin.size(), bytes.len());
-        assert!(plugin.exports().iter().any(|e| e == "tollgate:plugin/plugin@0.1.0"));
+        assert!(
+            plugin
+                .exports()
+                .iter()
+                .any(|e| e == "tollgate:plugin/plugin@0.1.0")
+        );
     }
 }
 
@@ -73,10 +81,20 @@ async fn every_request_gets_a_fresh_instance() {
     let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
     for request_id in ["r1", "r2", "r3"] {
         let mut session = plugin.session(request_id).await.unwrap();
-        let first = session.route("counter", &request("demo-mini"), &offers()).await.unwrap();
-        assert_eq!(first.unwrap_err().message, "calls=1", "state leaked into {request_id}");
+        let first = session
+            .route("counter", &request("demo-mini"), &offers())
+            .await
+            .unwrap();
+        assert_eq!(
+            first.unwrap_err().message,
+            "calls=1",
+            "state leaked into {request_id}"
+        );
         // Within one instance state does persist, which shows the counter works.
-        let second = session.route("counter", &request("demo-mini"), &offers()).await.unwrap();
+        let second = session
+            .route("counter", &request("demo-mini"), &offers())
+            .await
+            .unwrap();
         assert_eq!(second.unwrap_err().message, "calls=2");
     }
 }
@@ -140,7 +158,11 @@ async fn hostile_behaviour_becomes_a_typed_error_and_the_host_keeps_serving() {
         let failure = run_hostile(&runtime, config).await;
         let elapsed = started.elapsed();
         let (failed_at, error) = failure.unwrap_or_else(|| panic!("{config}: no failure"));
-        assert_eq!((failed_at, error.kind()), (*capability, *kind), "{config}: {error}");
+        assert_eq!(
+            (failed_at, error.kind()),
+            (*capability, *kind),
+            "{config}: {error}"
+        );
         // Route, meter and price each get the deadline.
         assert!(
             elapsed < deadline * 3 + MARGIN,
@@ -165,7 +187,10 @@ async fn the_default_deadline_stops_a_spinning_plugin_within_milliseconds() {
     };
     let mut session = plugin.session("spin").await.unwrap();
     let started = Instant::now();
-    let err = session.route("spin", &request("demo-mini"), &offers()).await.unwrap_err();
+    let err = session
+        .route("spin", &request("demo-mini"), &offers())
+        .await
+        .unwrap_err();
     let elapsed = started.elapsed();
     assert_eq!(err, PluginError::Timeout(deadline));
     assert!(elapsed < deadline + MARGIN, "took {elapsed:?}");
@@ -187,11 +212,16 @@ async fn hostile_and_honest_calls_run_side_by_side() {
         tasks.push(tokio::spawn(async move {
             if i % 10 == 0 {
                 let mut s = hostile.session("spin").await.unwrap();
-                let err = s.route("spin", &request("demo-mini"), &offers()).await.unwrap_err();
+                let err = s
+                    .route("spin", &request("demo-mini"), &offers())
+                    .await
+                    .unwrap_err();
                 assert_eq!(err.kind(), "timeout");
             } else {
                 let mut s = honest.session(&format!("r{i}")).await.unwrap();
-                let d = s.route(SUPPORT_CONFIG, &request("demo-pro"), &offers()).await;
+                let d = s
+                    .route(SUPPORT_CONFIG, &request("demo-pro"), &offers())
+                    .await;
                 assert_eq!(d.unwrap().unwrap().primary.model, "demo-mini");
             }
         }));
@@ -206,10 +236,23 @@ async fn the_sandbox_denies_files_sockets_and_environment() {
     let (runtime, _) = support::runtime();
     let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
     let mut session = plugin.session("snoop").await.unwrap();
-    let report = session.route("snoop", &request("demo-mini"), &offers()).await.unwrap();
+    let report = session
+        .route("snoop", &request("demo-mini"), &offers())
+        .await
+        .unwrap();
     let report = report.unwrap_err().message;
-    for expected in ["file=denied", "dir=denied", "socket=denied", "env=0", "secret=none", "args=0"] {
-        assert!(report.split(';').any(|part| part == expected), "{expected} not in {report}");
+    for expected in [
+        "file=denied",
+        "dir=denied",
+        "socket=denied",
+        "env=0",
+        "secret=none",
+        "args=0",
+    ] {
+        assert!(
+            report.split(';').any(|part| part == expected),
+            "{expected} not in {report}"
+        );
     }
     let host_cwd = std::env::current_dir().unwrap();
     assert!(
@@ -225,11 +268,17 @@ async fn clocks_are_fixed_and_randomness_is_seeded() {
     let mut reports = Vec::new();
     for _ in 0..2 {
         let mut session = plugin.session("clock").await.unwrap();
-        let r = session.route("clock", &request("demo-mini"), &offers()).await.unwrap();
+        let r = session
+            .route("clock", &request("demo-mini"), &offers())
+            .await
+            .unwrap();
         reports.push(r.unwrap_err().message);
     }
     assert!(reports[0].starts_with("clock=0;"), "{}", reports[0]);
-    assert_eq!(reports[0], reports[1], "two instances must see identical clock and randomness");
+    assert_eq!(
+        reports[0], reports[1],
+        "two instances must see identical clock and randomness"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,15 +305,28 @@ async fn things_that_are_not_plugin_components_are_refused() {
         ..RuntimeLimits::default()
     });
     let core_module = b"\0asm\x01\0\0\0".to_vec();
-    let cases: Vec<(&str, Vec<u8>, fn(&LoadError) -> bool)> = vec![
-        ("empty", Vec::new(), |e| matches!(e, LoadError::NotAComponent(_))),
-        ("text", b"hello".to_vec(), |e| matches!(e, LoadError::NotAComponent(_))),
-        ("elf", b"\x7fELF\x02\x01\x01".to_vec(), |e| matches!(e, LoadError::NotAComponent(_))),
-        ("core module", core_module, |e| matches!(e, LoadError::NotAComponent(_))),
-        ("truncated component", plugin_bytes("support-desk")[..4096].to_vec(), |e| {
-            matches!(e, LoadError::Invalid(_))
+    type Case = (&'static str, Vec<u8>, fn(&LoadError) -> bool);
+    let cases: Vec<Case> = vec![
+        ("empty", Vec::new(), |e| {
+            matches!(e, LoadError::NotAComponent(_))
         }),
-        ("too large", vec![0u8; 2 << 20], |e| matches!(e, LoadError::TooLarge { .. })),
+        ("text", b"hello".to_vec(), |e| {
+            matches!(e, LoadError::NotAComponent(_))
+        }),
+        ("elf", b"\x7fELF\x02\x01\x01".to_vec(), |e| {
+            matches!(e, LoadError::NotAComponent(_))
+        }),
+        ("core module", core_module, |e| {
+            matches!(e, LoadError::NotAComponent(_))
+        }),
+        (
+            "truncated component",
+            plugin_bytes("support-desk")[..4096].to_vec(),
+            |e| matches!(e, LoadError::Invalid(_)),
+        ),
+        ("too large", vec![0u8; 2 << 20], |e| {
+            matches!(e, LoadError::TooLarge { .. })
+        }),
     ];
     for (what, bytes, expected) in cases {
         match runtime.load(bytes).await {
@@ -281,7 +343,10 @@ async fn oversized_input_is_refused_before_the_call() {
     let mut req = request("demo-mini");
     req.tags.insert("ticket".into(), "x".repeat(300 << 10));
     let mut session = plugin.session("big").await.unwrap();
-    let err = session.route(SUPPORT_CONFIG, &req, &offers()).await.unwrap_err();
+    let err = session
+        .route(SUPPORT_CONFIG, &req, &offers())
+        .await
+        .unwrap_err();
     assert!(matches!(err, PluginError::InputTooLarge { .. }), "{err}");
 }
 
@@ -295,8 +360,15 @@ async fn config_is_checked_by_the_plugins_own_validation() {
         .await
         .unwrap()
         .unwrap_err();
-    assert!(refused.contains("margin_percent must be between 0 and 200"), "{refused}");
-    let malformed = plugin.validate_config("{not json").await.unwrap().unwrap_err();
+    assert!(
+        refused.contains("margin_percent must be between 0 and 200"),
+        "{refused}"
+    );
+    let malformed = plugin
+        .validate_config("{not json")
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(malformed.starts_with("invalid config"), "{malformed}");
 }
 
@@ -310,8 +382,17 @@ async fn the_failure_policy_decides_what_a_failing_route_gets() {
         let result = session.route("panic", &req, &offers()).await;
         match (policy, route_outcome(policy, result, &req, &offers())) {
             (FailurePolicy::FailClosed, RouteOutcome::Failed(e)) => assert_eq!(e.kind(), "trap"),
-            (FailurePolicy::FailOpen, RouteOutcome::Route { decision, failed_open: Some(e) }) => {
-                assert_eq!(decision.primary.model, "demo-pro", "fail-open routes as requested");
+            (
+                FailurePolicy::FailOpen,
+                RouteOutcome::Route {
+                    decision,
+                    failed_open: Some(e),
+                },
+            ) => {
+                assert_eq!(
+                    decision.primary.model, "demo-pro",
+                    "fail-open routes as requested"
+                );
                 assert_eq!(e.kind(), "trap");
             }
             (policy, other) => panic!("{policy:?}: unexpected {other:?}"),
@@ -341,7 +422,10 @@ async fn calls_errors_and_latency_are_measured_per_plugin() {
             && text.contains("capability=\"meter\",kind=\"trap\"} 1"),
         "{text}"
     );
-    assert!(text.contains("tollgate_plugin_call_duration_seconds_bucket{"), "{text}");
+    assert!(
+        text.contains("tollgate_plugin_call_duration_seconds_bucket{"),
+        "{text}"
+    );
     assert_eq!(support.stats().calls(), 2, "describe at load and one route");
     assert_eq!(support.stats().errors(), 0);
 }
@@ -369,7 +453,10 @@ fn plugin_logging_is_bounded() {
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
         .finish();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     tracing::subscriber::with_default(subscriber, || {
         rt.block_on(async {
             let (runtime, _) = support::runtime_with(RuntimeLimits {
@@ -378,12 +465,21 @@ fn plugin_logging_is_bounded() {
             });
             let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
             let mut session = plugin.session("flood").await.unwrap();
-            let routed = session.route("log-flood", &request("demo-mini"), &offers()).await;
+            let routed = session
+                .route("log-flood", &request("demo-mini"), &offers())
+                .await;
             assert!(matches!(routed, Ok(Ok(_))), "{routed:?}");
         })
     });
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<&str> = text.lines().filter(|l| l.contains("tollgate::plugin_log")).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("tollgate::plugin_log"))
+        .collect();
     assert_eq!(lines.len(), 32, "at most 32 lines per instance");
-    assert!(lines.iter().all(|l| l.contains("request_id=flood") && l.len() < 1024 + 300));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("request_id=flood") && l.len() < 1024 + 300)
+    );
 }

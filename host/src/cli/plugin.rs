@@ -100,7 +100,11 @@ fn read_component(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn runner(path: &Path, measure_fuel: bool, deadline: Option<Duration>) -> anyhow::Result<LocalRunner> {
+fn runner(
+    path: &Path,
+    measure_fuel: bool,
+    deadline: Option<Duration>,
+) -> anyhow::Result<LocalRunner> {
     let defaults = RuntimeLimits::default();
     let limits = RuntimeLimits {
         measure_fuel,
@@ -121,42 +125,76 @@ fn new(args: NewArgs) -> anyhow::Result<i32> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
-        bail!("plugin name {name:?} is invalid: use lower-case letters, digits and `-`, starting with a letter");
+        bail!(
+            "plugin name {name:?} is invalid: use lower-case letters, digits and `-`, starting with a letter"
+        );
     }
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(&name));
-    if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if dir.exists()
+        && dir
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         bail!("{} already exists and is not empty", dir.display());
     }
     let sdk = match args.sdk {
         Some(p) => p,
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk"),
     };
-    let sdk = sdk
-        .canonicalize()
-        .with_context(|| format!("the plugin SDK is not at {} (pass --sdk PATH)", sdk.display()))?;
+    let sdk = sdk.canonicalize().with_context(|| {
+        format!(
+            "the plugin SDK is not at {} (pass --sdk PATH)",
+            sdk.display()
+        )
+    })?;
     let crate_ident = name.replace('-', "_");
     let fill = |template: &str| {
         template
             .replace("{{name}}", &name)
             .replace("{{crate_ident}}", &crate_ident)
-            .replace("{{sdk_path}}", &sdk.display().to_string().replace('\\', "/"))
+            .replace(
+                "{{sdk_path}}",
+                &sdk.display().to_string().replace('\\', "/"),
+            )
             .replace("{{channel}}", TOOLCHAIN_CHANNEL)
     };
     let files: [(&str, String); 9] = [
         ("Cargo.toml", fill(include_str!("scaffold/Cargo.toml.tmpl"))),
-        ("rust-toolchain.toml", fill(include_str!("scaffold/rust-toolchain.toml.tmpl"))),
+        (
+            "rust-toolchain.toml",
+            fill(include_str!("scaffold/rust-toolchain.toml.tmpl")),
+        ),
         ("README.md", fill(include_str!("scaffold/README.md.tmpl"))),
         ("src/lib.rs", fill(include_str!("scaffold/lib.rs.tmpl"))),
-        ("tests/fixtures.rs", fill(include_str!("scaffold/fixtures_test.rs.tmpl"))),
-        ("fixtures/catalog.json", include_str!("scaffold/catalog.json").into()),
-        ("fixtures/basic/input.json", include_str!("scaffold/basic_input.json").into()),
-        ("fixtures/basic/expected.json", include_str!("scaffold/basic_expected.json").into()),
-        ("fixtures/bad-config/input.json", include_str!("scaffold/bad_config_input.json").into()),
+        (
+            "tests/fixtures.rs",
+            fill(include_str!("scaffold/fixtures_test.rs.tmpl")),
+        ),
+        (
+            "fixtures/catalog.json",
+            include_str!("scaffold/catalog.json").into(),
+        ),
+        (
+            "fixtures/basic/input.json",
+            include_str!("scaffold/basic_input.json").into(),
+        ),
+        (
+            "fixtures/basic/expected.json",
+            include_str!("scaffold/basic_expected.json").into(),
+        ),
+        (
+            "fixtures/bad-config/input.json",
+            include_str!("scaffold/bad_config_input.json").into(),
+        ),
     ];
     for (rel, content) in files
         .iter()
         .map(|(r, c)| (*r, c.as_str()))
-        .chain([("fixtures/bad-config/expected.json", include_str!("scaffold/bad_config_expected.json"))])
+        .chain([(
+            "fixtures/bad-config/expected.json",
+            include_str!("scaffold/bad_config_expected.json"),
+        )])
         .chain([(".gitignore", "/target\n")])
     {
         let path = dir.join(rel);
@@ -164,11 +202,18 @@ fn new(args: NewArgs) -> anyhow::Result<i32> {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::write(&path, content).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, content)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     println!("Created plugin `{name}` in {}", dir.display());
-    println!("  cd {} && cargo test                # native tests", dir.display());
-    println!("  tollgate plugin test {}            # the fixtures against the Wasm build", dir.display());
+    println!(
+        "  cd {} && cargo test                # native tests",
+        dir.display()
+    );
+    println!(
+        "  tollgate plugin test {}            # the fixtures against the Wasm build",
+        dir.display()
+    );
     Ok(0)
 }
 
@@ -194,7 +239,10 @@ fn check(args: CheckArgs) -> anyhow::Result<i32> {
         Ok(r) => r,
         Err(e) => {
             if args.json {
-                println!("{}", serde_json::json!({"file": args.file, "valid": false, "error": format!("{e:#}")}));
+                println!(
+                    "{}",
+                    serde_json::json!({"file": args.file, "valid": false, "error": format!("{e:#}")})
+                );
             } else {
                 eprintln!("✗ {e:#}");
             }
@@ -239,7 +287,8 @@ fn read_config(arg: &str) -> anyhow::Result<serde_json::Value> {
     } else {
         arg.to_owned()
     };
-    serde_json::from_str(&text).with_context(|| format!("--config {arg} is neither a JSON file nor JSON"))
+    serde_json::from_str(&text)
+        .with_context(|| format!("--config {arg} is neither a JSON file nor JSON"))
 }
 
 fn run_one(args: RunArgs) -> anyhow::Result<i32> {
@@ -258,7 +307,11 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
         offers: Some(offers),
         usage,
     };
-    let mut runner = runner(&args.file, true, Some(Duration::from_millis(args.deadline_ms)))?;
+    let mut runner = runner(
+        &args.file,
+        true,
+        Some(Duration::from_millis(args.deadline_ms)),
+    )?;
     let actual = fixture::run_case(&mut runner, &input);
     let peak = runner
         .reports
@@ -281,7 +334,12 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
         return Ok(i32::from(failed));
     }
     let info = runner.plugin().info();
-    println!("{} {} ({})", info.name, info.version, runner.plugin().hash().short());
+    println!(
+        "{} {} ({})",
+        info.name,
+        info.version,
+        runner.plugin().hash().short()
+    );
     match &actual.config {
         Some(Err(msg)) => println!("config     ✗ refused: {msg}"),
         _ => println!("config     ✓ accepted"),
@@ -298,7 +356,10 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
             }
         }
         Some(Ok(Err(rejection))) => {
-            println!("route      ✗ rejected ({:?}): {}", rejection.kind, rejection.message)
+            println!(
+                "route      ✗ rejected ({:?}): {}",
+                rejection.kind, rejection.message
+            )
         }
         Some(Err(e)) => println!("route      ✗ failed: {e}"),
         None => {}
@@ -312,7 +373,10 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
     match &actual.units {
         Some(Ok(units)) if units.is_empty() => println!("units      (none)"),
         Some(Ok(units)) => {
-            let list: Vec<String> = units.iter().map(|u| format!("{} × {}", u.name, u.quantity)).collect();
+            let list: Vec<String> = units
+                .iter()
+                .map(|u| format!("{} × {}", u.name, u.quantity))
+                .collect();
             println!("units      {}", list.join(", "));
         }
         Some(Err(e)) => println!("units      ✗ failed: {e}"),

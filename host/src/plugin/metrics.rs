@@ -34,8 +34,8 @@ struct ErrorLabels {
 /// Latency buckets in seconds: plugin calls take microseconds, and anything
 /// near the deadline (milliseconds) must still be visible.
 const LATENCY_BUCKETS: [f64; 12] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-    0.025, 0.1,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.1,
 ];
 
 fn latency_histogram() -> Histogram {

@@ -13,8 +13,8 @@
 mod bindings;
 mod convert;
 mod error;
-pub mod metrics;
 pub mod local;
+pub mod metrics;
 pub mod policy;
 mod sandbox;
 
@@ -36,8 +36,8 @@ use bindings::v0_1;
 use convert::WireSize;
 pub use error::{LoadError, PluginError};
 pub use metrics::{PluginMetrics, PluginStats};
-pub use sandbox::{ALLOWED_IMPORT_PREFIXES, LogContext};
 use sandbox::StoreState;
+pub use sandbox::{ALLOWED_IMPORT_PREFIXES, LogContext};
 
 /// The interval at which the epoch advances; deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -171,7 +171,9 @@ impl PluginRuntime {
         }
         let hash = ContentHash::of(bytes);
         if !bytes.starts_with(b"\0asm") {
-            return Err(LoadError::NotAComponent("it does not start with the Wasm magic number"));
+            return Err(LoadError::NotAComponent(
+                "it does not start with the Wasm magic number",
+            ));
         }
         if !wasmparser::Parser::is_component(bytes) {
             return Err(LoadError::NotAComponent("it is a core Wasm module"));
@@ -475,7 +477,14 @@ impl CompiledPlugin {
 
     fn record(&self, capability: Capability, elapsed: Duration, error: Option<&PluginError>) {
         let labels = (self.info.name.clone(), self.hash.short());
-        record(&self.shared, &self.stats, &labels, capability, elapsed, error);
+        record(
+            &self.shared,
+            &self.stats,
+            &labels,
+            capability,
+            elapsed,
+            error,
+        );
     }
 }
 
@@ -496,7 +505,10 @@ fn record(
 fn deadline_ticks(deadline: Duration) -> u64 {
     let tick = EPOCH_TICK.as_micros().max(1);
     // One extra tick: the current tick may be about to end.
-    u64::try_from(deadline.as_micros().div_ceil(tick)).unwrap_or(u64::MAX).max(1) + 1
+    u64::try_from(deadline.as_micros().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .max(1)
+        + 1
 }
 
 /// One plugin instance serving one request. Drop it when done.
@@ -615,7 +627,10 @@ impl Session {
     }
 
     /// `validate-config`: `Ok(Err(msg))` is the plugin refusing the config.
-    pub async fn validate_config(&mut self, config: &str) -> Result<Result<(), String>, PluginError> {
+    pub async fn validate_config(
+        &mut self,
+        config: &str,
+    ) -> Result<Result<(), String>, PluginError> {
         let started = self.begin(config.wire_size())?;
         let hard = self.hard_deadline();
         let call = self
@@ -623,7 +638,11 @@ impl Session {
             .tollgate_plugin_plugin()
             .call_validate_config(&mut self.store, config);
         let result = tokio::time::timeout(hard, call).await;
-        let verdict = self.finish(Capability::ValidateConfig, started, result.map(|r| r.map(Msg)))?;
+        let verdict = self.finish(
+            Capability::ValidateConfig,
+            started,
+            result.map(|r| r.map(Msg)),
+        )?;
         Ok(verdict.0)
     }
 
@@ -647,7 +666,8 @@ impl Session {
         );
         let result = tokio::time::timeout(hard, call).await;
         let raw = self.finish(Capability::Route, started, result)?;
-        let routed = convert::route_out(raw).map_err(|e| self.reject_output(Capability::Route, e))?;
+        let routed =
+            convert::route_out(raw).map_err(|e| self.reject_output(Capability::Route, e))?;
         let checked = match &routed {
             Ok(decision) => validate::check_route(decision, offers),
             Err(rejection) => validate::check_rejection(rejection),
@@ -677,10 +697,15 @@ impl Session {
         );
         let result = tokio::time::timeout(hard, call).await;
         let raw = self
-            .finish(Capability::Meter, started, result.map(|r| r.map(ReportedOr)))?
+            .finish(
+                Capability::Meter,
+                started,
+                result.map(|r| r.map(ReportedOr)),
+            )?
             .0
             .map_err(PluginError::Reported)?;
-        let units = convert::units_out(raw).map_err(|e| self.reject_output(Capability::Meter, e))?;
+        let units =
+            convert::units_out(raw).map_err(|e| self.reject_output(Capability::Meter, e))?;
         validate::check_units(&units).map_err(|e| {
             self.reject_output(Capability::Meter, PluginError::InvalidOutput(e.to_string()))
         })?;
@@ -712,10 +737,15 @@ impl Session {
         );
         let result = tokio::time::timeout(hard, call).await;
         let raw = self
-            .finish(Capability::Price, started, result.map(|r| r.map(ReportedOr)))?
+            .finish(
+                Capability::Price,
+                started,
+                result.map(|r| r.map(ReportedOr)),
+            )?
             .0
             .map_err(PluginError::Reported)?;
-        let quote = convert::quote_out(raw).map_err(|e| self.reject_output(Capability::Price, e))?;
+        let quote =
+            convert::quote_out(raw).map_err(|e| self.reject_output(Capability::Price, e))?;
         validate::check_quote(&quote, bound).map_err(|e| {
             self.reject_output(Capability::Price, PluginError::InvalidOutput(e.to_string()))
         })?;
@@ -745,7 +775,11 @@ impl<T: WireSize> WireSize for ReportedOr<T> {
 }
 
 /// Turns a wasmtime error into the plugin's typed failure.
-fn classify(error: wasmtime::Error, store: &Store<StoreState>, limits: &RuntimeLimits) -> PluginError {
+fn classify(
+    error: wasmtime::Error,
+    store: &Store<StoreState>,
+    limits: &RuntimeLimits,
+) -> PluginError {
     if store.data().limiter.hit_limit {
         return PluginError::MemoryLimit(limits.memory_bytes);
     }

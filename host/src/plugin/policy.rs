@@ -7,7 +7,9 @@
 //! choose availability over its margin without losing the audit trail.
 
 use serde::{Deserialize, Serialize};
-use tollgate_plugin_types::{BusinessUnit, ModelOffer, PriceQuote, Rejection, RequestSummary, RouteDecision};
+use tollgate_plugin_types::{
+    BusinessUnit, ModelOffer, PriceQuote, Rejection, RequestSummary, RouteDecision,
+};
 
 use super::PluginError;
 
@@ -130,10 +132,20 @@ mod tests {
         let offers = [offer("small"), offer("large")];
         let failure = || Err(PluginError::Timeout(Duration::from_millis(5)));
         assert_eq!(
-            route_outcome(FailurePolicy::FailClosed, failure(), &request("large"), &offers),
+            route_outcome(
+                FailurePolicy::FailClosed,
+                failure(),
+                &request("large"),
+                &offers
+            ),
             RouteOutcome::Failed(PluginError::Timeout(Duration::from_millis(5)))
         );
-        match route_outcome(FailurePolicy::FailOpen, failure(), &request("large"), &offers) {
+        match route_outcome(
+            FailurePolicy::FailOpen,
+            failure(),
+            &request("large"),
+            &offers,
+        ) {
             RouteOutcome::Route {
                 decision,
                 failed_open: Some(PluginError::Timeout(_)),

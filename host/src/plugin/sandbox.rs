@@ -262,13 +262,17 @@ fn forbid_clock_waits(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     clock.func_wrap(
         "subscribe-duration",
         |_store, (_ns,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
-            Err(wasmtime::Error::msg("plugins may not sleep or wait on a clock"))
+            Err(wasmtime::Error::msg(
+                "plugins may not sleep or wait on a clock",
+            ))
         },
     )?;
     clock.func_wrap(
         "subscribe-instant",
         |_store, (_at,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
-            Err(wasmtime::Error::msg("plugins may not sleep or wait on a clock"))
+            Err(wasmtime::Error::msg(
+                "plugins may not sleep or wait on a clock",
+            ))
         },
     )?;
     linker.allow_shadowing(false);

@@ -53,7 +53,9 @@ fn pages(config: &Config, request: &RequestSummary) -> Result<u32, String> {
     match request.tag("pages") {
         Some(text) => match text.parse::<u32>() {
             Ok(n) if (1..=MAX_PAGES).contains(&n) => Ok(n),
-            _ => Err(format!("tag `pages` must be a whole number from 1 to {MAX_PAGES}, got {text:?}")),
+            _ => Err(format!(
+                "tag `pages` must be a whole number from 1 to {MAX_PAGES}, got {text:?}"
+            )),
         },
         None => Ok(request
             .estimated_prompt_tokens
@@ -68,12 +70,14 @@ fn find<'a>(offers: &'a [ModelOffer], model: &str) -> Option<&'a ModelOffer> {
 
 fn fits(offer: &ModelOffer, request: &RequestSummary) -> bool {
     let output = request.max_tokens.unwrap_or(0);
-    u64::from(request.estimated_prompt_tokens) + u64::from(output) <= u64::from(offer.context_window)
+    u64::from(request.estimated_prompt_tokens) + u64::from(output)
+        <= u64::from(offer.context_window)
 }
 
 impl Plugin for DocumentPipeline {
     type Config = Config;
-    const DESCRIPTION: &'static str = "Document workflow: documents and pages as units, per-page fee";
+    const DESCRIPTION: &'static str =
+        "Document workflow: documents and pages as units, per-page fee";
 
     fn validate(config: &Config) -> Result<(), String> {
         if config.page_fee < Decimal::ZERO || config.document_fee < Decimal::ZERO {
@@ -93,8 +97,8 @@ impl Plugin for DocumentPipeline {
         if request.endpoint == Endpoint::Embeddings {
             return route_as_requested(request, offers);
         }
-        let pages = pages(config, request)
-            .map_err(|m| Rejection::new(RejectionKind::InvalidRequest, m))?;
+        let pages =
+            pages(config, request).map_err(|m| Rejection::new(RejectionKind::InvalidRequest, m))?;
         let standard = find(offers, &config.standard_model);
         let long = find(offers, &config.long_context_model);
         let wants_long = request.estimated_prompt_tokens > config.long_input_tokens
@@ -122,7 +126,11 @@ impl Plugin for DocumentPipeline {
         })
     }
 
-    fn meter(config: &Config, request: &RequestSummary, usage: &Usage) -> Result<Vec<BusinessUnit>, String> {
+    fn meter(
+        config: &Config,
+        request: &RequestSummary,
+        usage: &Usage,
+    ) -> Result<Vec<BusinessUnit>, String> {
         if usage.outcome == Outcome::Failed || request.endpoint == Endpoint::Embeddings {
             return Ok(Vec::new());
         }
@@ -139,12 +147,20 @@ impl Plugin for DocumentPipeline {
         units: &[BusinessUnit],
     ) -> Result<PriceQuote, String> {
         let count = |name: &str| -> Decimal {
-            units.iter().filter(|u| u.name == name).map(|u| u.quantity).sum()
+            units
+                .iter()
+                .filter(|u| u.name == name)
+                .map(|u| u.quantity)
+                .sum()
         };
         let (documents, pages) = (count("document"), count("page"));
         Ok(PriceQuote {
             surcharge: documents * config.document_fee + pages * config.page_fee,
-            description: format!("{} document(s), {} page(s)", documents.normalize(), pages.normalize()),
+            description: format!(
+                "{} document(s), {} page(s)",
+                documents.normalize(),
+                pages.normalize()
+            ),
         })
     }
 }

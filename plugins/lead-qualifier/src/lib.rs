@@ -87,7 +87,10 @@ impl Plugin for LeadQualifier {
         let Some(primary) = find(&config.model) else {
             return Err(Rejection::new(
                 RejectionKind::Forbidden,
-                format!("the scoring model `{}` is not available to this client", config.model),
+                format!(
+                    "the scoring model `{}` is not available to this client",
+                    config.model
+                ),
             ));
         };
         let fallbacks = config
@@ -110,7 +113,11 @@ impl Plugin for LeadQualifier {
         })
     }
 
-    fn meter(_: &Config, request: &RequestSummary, usage: &Usage) -> Result<Vec<BusinessUnit>, String> {
+    fn meter(
+        _: &Config,
+        request: &RequestSummary,
+        usage: &Usage,
+    ) -> Result<Vec<BusinessUnit>, String> {
         let scored = matches!(usage.outcome, Outcome::Completed | Outcome::Truncated);
         if is_lead(request) && scored {
             Ok(vec![BusinessUnit::new("lead", 1)])
@@ -125,13 +132,20 @@ impl Plugin for LeadQualifier {
         _usage: &Usage,
         units: &[BusinessUnit],
     ) -> Result<PriceQuote, String> {
-        let leads: Decimal = units.iter().filter(|u| u.name == "lead").map(|u| u.quantity).sum();
+        let leads: Decimal = units
+            .iter()
+            .filter(|u| u.name == "lead")
+            .map(|u| u.quantity)
+            .sum();
         if leads.is_zero() {
             return Ok(PriceQuote::zero());
         }
         let (rate, tier) = rate(config, request);
         let description = if tier == 1 {
-            format!("lead scored (tier 1: first {} this month)", config.tier1_leads)
+            format!(
+                "lead scored (tier 1: first {} this month)",
+                config.tier1_leads
+            )
         } else {
             "lead scored (tier 2)".to_owned()
         };

@@ -106,10 +106,16 @@ impl Plugin for SupportDesk {
         let max_cost = std::iter::once(primary)
             .chain(fallbacks.iter().copied())
             .map(|o| {
-                let output = request
-                    .max_tokens
-                    .unwrap_or(o.context_window.saturating_sub(request.estimated_prompt_tokens));
-                money::max_cost(o, o.context_window.min(request.estimated_prompt_tokens.saturating_mul(2)), output)
+                let output = request.max_tokens.unwrap_or(
+                    o.context_window
+                        .saturating_sub(request.estimated_prompt_tokens),
+                );
+                money::max_cost(
+                    o,
+                    o.context_window
+                        .min(request.estimated_prompt_tokens.saturating_mul(2)),
+                    output,
+                )
             })
             .max()
             .unwrap_or_default();
@@ -125,7 +131,11 @@ impl Plugin for SupportDesk {
         })
     }
 
-    fn meter(config: &Config, request: &RequestSummary, usage: &Usage) -> Result<Vec<BusinessUnit>, String> {
+    fn meter(
+        config: &Config,
+        request: &RequestSummary,
+        usage: &Usage,
+    ) -> Result<Vec<BusinessUnit>, String> {
         let mut units = Vec::new();
         if request.tag("ticket").is_none() {
             return Ok(units);

@@ -15,7 +15,10 @@
     reason = "misbehaving is the point of this plugin"
 )]
 
-#[allow(unsafe_code, reason = "wit-bindgen emits the canonical ABI glue as unsafe code")]
+#[allow(
+    unsafe_code,
+    reason = "wit-bindgen emits the canonical ABI glue as unsafe code"
+)]
 mod bindings {
     wit_bindgen::generate!({
         path: "../../../wit/v0.1",
@@ -122,7 +125,10 @@ fn misbehave(mode: &str) -> Option<String> {
         }
         "snoop" => Some(snoop()),
         "clock" => Some(clock()),
-        "counter" => Some(format!("calls={}", CALLS.fetch_add(1, Ordering::SeqCst) + 1)),
+        "counter" => Some(format!(
+            "calls={}",
+            CALLS.fetch_add(1, Ordering::SeqCst) + 1
+        )),
         _ => None,
     }
 }
@@ -144,10 +150,10 @@ impl Guest for Hostile {
     }
 
     fn validate_config(config: String) -> Result<(), String> {
-        if let Some(mode) = mode_for(&config, "validate") {
-            if let Some(message) = misbehave(&mode) {
-                return Err(message);
-            }
+        if let Some(mode) = mode_for(&config, "validate")
+            && let Some(message) = misbehave(&mode)
+        {
+            return Err(message);
         }
         Ok(())
     }
@@ -186,7 +192,11 @@ impl Guest for Hostile {
         })
     }
 
-    fn meter(config: String, _request: RequestSummary, _usage: Usage) -> Result<Vec<BusinessUnit>, String> {
+    fn meter(
+        config: String,
+        _request: RequestSummary,
+        _usage: Usage,
+    ) -> Result<Vec<BusinessUnit>, String> {
         let mode = mode_for(&config, "meter").unwrap_or_default();
         if let Some(message) = misbehave(&mode) {
             return Err(message);

@@ -1,7 +1,10 @@
 //! A test-only plugin that imports a `wasi:http` interface (outgoing HTTP); the host must
 //! refuse it at load, naming the import.
 
-#[allow(unsafe_code, reason = "wit-bindgen emits the canonical ABI glue as unsafe code")]
+#[allow(
+    unsafe_code,
+    reason = "wit-bindgen emits the canonical ABI glue as unsafe code"
+)]
 mod bindings {
     wit_bindgen::generate!({
         inline: "
@@ -49,7 +52,12 @@ impl Guest for Evil {
         Ok(Vec::new())
     }
 
-    fn price(_: String, _: RequestSummary, _: Usage, _: Vec<BusinessUnit>) -> Result<PriceQuote, String> {
+    fn price(
+        _: String,
+        _: RequestSummary,
+        _: Usage,
+        _: Vec<BusinessUnit>,
+    ) -> Result<PriceQuote, String> {
         Err(String::new())
     }
 }

@@ -1,0 +1,648 @@
+//! The gateway's TOML configuration: parsed strictly, then validated into
+//! typed settings.
+//!
+//! Parsing refuses unknown keys (`deny_unknown_fields`); validation checks
+//! what types cannot (prices present and exact, ids unique, references
+//! resolvable). Every failure is a [`ConfigError`] naming the file, the key
+//! and the reason, so a bad config stops the gateway at start, not at the
+//! first request.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use tollgate_plugin_types::ModelOffer;
+
+use crate::plugin::policy::FailurePolicy;
+
+/// A configuration problem: which file, which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// The key, as a dotted path (`models[2].input_per_mtok`), or `-` for the whole file.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The whole file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    ledger: RawLedger,
+    #[serde(default)]
+    plugins: RawPlugins,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+    #[serde(default)]
+    agencies: Vec<RawAgency>,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    max_body_bytes: Option<usize>,
+    operator_token_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    data_dir: Option<PathBuf>,
+    durability: Option<String>,
+    batch_interval_ms: Option<u64>,
+    currency: Option<String>,
+    timezone: Option<String>,
+    grace_hours: Option<u32>,
+    platform_fee_percent: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    deadline_ms: Option<u64>,
+    memory_mib: Option<usize>,
+    default_surcharge_bound: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    id: String,
+    kind: String,
+    base_url: Option<String>,
+    api_key_env: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    max_retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    model: String,
+    provider: String,
+    upstream_model: Option<String>,
+    kind: Option<String>,
+    input_per_mtok: Option<String>,
+    output_per_mtok: Option<String>,
+    cached_input_per_mtok: Option<String>,
+    context_window: Option<u32>,
+    price_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgency {
+    id: String,
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: String,
+    agency: String,
+    plugin: PathBuf,
+    #[serde(default)]
+    plugin_config: Option<toml::Value>,
+    failure_policy: Option<String>,
+    models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    client: String,
+    app: String,
+    sha256: String,
+}
+
+/// Where and how to listen.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub listen: std::net::SocketAddr,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Environment variable holding the operator token, if any.
+    pub operator_token_env: Option<String>,
+}
+
+/// Ledger settings.
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    /// The sled data directory.
+    pub data_dir: PathBuf,
+    /// `sync` (default) or `batched`.
+    pub durability: Durability,
+    /// Currency code of every amount.
+    pub currency: String,
+    /// IANA timezone of billing periods.
+    pub timezone: String,
+    /// Hours after a month ends before it closes.
+    pub grace_hours: u32,
+    /// The operator's fee on agency earnings, percent.
+    pub platform_fee_percent: Decimal,
+}
+
+/// How usage records reach disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed before the response completes (group commit).
+    Sync,
+    /// Flushed every interval.
+    Batched(Duration),
+}
+
+/// Plugin runtime settings.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// Per-call deadline.
+    pub deadline: Duration,
+    /// Memory cap per instance.
+    pub memory_bytes: usize,
+    /// Bound used when a route declares none.
+    pub default_surcharge_bound: Decimal,
+}
+
+/// What kind of upstream a provider is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// An OpenAI-compatible HTTP API.
+    OpenAi {
+        /// Base URL ending before `/chat/completions`, e.g. `https://api.example.com/v1`.
+        base_url: String,
+        /// Environment variable holding the API key.
+        api_key_env: Option<String>,
+    },
+    /// The built-in, in-process demo provider.
+    Demo,
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// Its id, used in the catalog.
+    pub id: String,
+    /// What it is.
+    pub kind: ProviderKind,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Total timeout of one attempt (until the response headers for streams).
+    pub timeout: Duration,
+    /// Retries of the same provider before moving to the next fallback.
+    pub max_retries: u32,
+}
+
+/// Which endpoint a model serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Chat completions.
+    Chat,
+    /// Embeddings.
+    Embeddings,
+}
+
+/// One priced model of the catalog.
+#[derive(Debug, Clone)]
+pub struct CatalogEntry {
+    /// The offer as plugins see it.
+    pub offer: ModelOffer,
+    /// The model name sent upstream.
+    pub upstream_model: String,
+    /// Its endpoint.
+    pub kind: ModelKind,
+}
+
+/// A client bound to a plugin, defined in the file.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Client id.
+    pub id: String,
+    /// Owning agency.
+    pub agency: String,
+    /// Path of the plugin component.
+    pub plugin: PathBuf,
+    /// The plugin's configuration document (JSON text).
+    pub plugin_config: String,
+    /// What a plugin failure does.
+    pub failure_policy: FailurePolicy,
+    /// Models the client may use (`None`: all).
+    pub models: Option<Vec<String>>,
+}
+
+/// An app key, stored as the sha256 of the key.
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    /// The client.
+    pub client: String,
+    /// The app.
+    pub app: String,
+    /// sha256 of the key.
+    pub sha256: [u8; 32],
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from.
+    pub source: PathBuf,
+    /// Server settings.
+    pub server: ServerSettings,
+    /// Ledger settings.
+    pub ledger: LedgerSettings,
+    /// Plugin runtime settings.
+    pub plugins: PluginSettings,
+    /// Upstream providers.
+    pub providers: Vec<ProviderSettings>,
+    /// The model catalog.
+    pub models: Vec<CatalogEntry>,
+    /// Agencies: id → display name.
+    pub agencies: BTreeMap<String, String>,
+    /// Clients.
+    pub clients: Vec<ClientSettings>,
+    /// App keys.
+    pub keys: Vec<KeySettings>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: "-".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        Validator { file: path }.validate(raw)
+    }
+}
+
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let location = e.span().map(|span| {
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        format!(" (line {line})")
+    });
+    let message = e.message().to_owned();
+    // toml names the key in "unknown field `x`" messages; report the
+    // enclosing table from the error's own key path when it has one.
+    ConfigError {
+        file: path.to_owned(),
+        key: e
+            .span()
+            .and_then(|span| key_at(text, span.start))
+            .unwrap_or_else(|| "-".into()),
+        reason: format!("{message}{}", location.unwrap_or_default()),
+    }
+}
+
+/// The `[table]` or `[[array]]` header in force at byte `offset`, with the
+/// key on that line: enough for a human to find the spot.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let table = before.lines().rev().find_map(|l| {
+        let t = l.trim();
+        t.starts_with('[')
+            .then(|| t.trim_matches(|c| c == '[' || c == ']').to_owned())
+    });
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let key = line
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (Some(t), None) => Some(t),
+        (None, Some(k)) => Some(k.to_owned()),
+        (None, None) => None,
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn decimal(&self, key: String, text: Option<&str>) -> Result<Decimal, ConfigError> {
+        let text = text.ok_or_else(|| {
+            self.err(
+                &key,
+                "is required: a model with no price is never billed at zero",
+            )
+        })?;
+        let value = tollgate_plugin_types::decimal::parse_lenient(text).map_err(|e| {
+            self.err(
+                &key,
+                format!("{e} (write prices as strings, e.g. \"0.15\")"),
+            )
+        })?;
+        if value.is_sign_negative() && !value.is_zero() {
+            return Err(self.err(&key, "must not be negative"));
+        }
+        Ok(value)
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let base_dir = self.file.parent().unwrap_or(Path::new("."));
+        let listen = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let server = ServerSettings {
+            listen: listen.parse().map_err(|e| {
+                self.err(
+                    "server.listen",
+                    format!("{listen:?} is not an address: {e}"),
+                )
+            })?,
+            max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
+            operator_token_env: raw.server.operator_token_env,
+        };
+        if server.max_body_bytes < 1024 {
+            return Err(self.err("server.max_body_bytes", "must be at least 1024"));
+        }
+
+        let durability = match raw.ledger.durability.as_deref().unwrap_or("sync") {
+            "sync" => Durability::Sync,
+            "batched" => Durability::Batched(Duration::from_millis(
+                raw.ledger.batch_interval_ms.unwrap_or(10).max(1),
+            )),
+            other => {
+                return Err(self.err(
+                    "ledger.durability",
+                    format!("{other:?} is not `sync` or `batched`"),
+                ));
+            }
+        };
+        let currency = raw.ledger.currency.unwrap_or_else(|| "USD".into());
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(self.err(
+                "ledger.currency",
+                format!("{currency:?} is not an ISO 4217 code"),
+            ));
+        }
+        let ledger = LedgerSettings {
+            data_dir: base_dir.join(
+                raw.ledger
+                    .data_dir
+                    .unwrap_or_else(|| "tollgate-data".into()),
+            ),
+            durability,
+            currency,
+            timezone: raw.ledger.timezone.unwrap_or_else(|| "UTC".into()),
+            grace_hours: raw.ledger.grace_hours.unwrap_or(72),
+            platform_fee_percent: match raw.ledger.platform_fee_percent {
+                Some(p) => {
+                    let fee = self.decimal("ledger.platform_fee_percent".into(), Some(&p))?;
+                    if fee > Decimal::ONE_HUNDRED {
+                        return Err(self.err("ledger.platform_fee_percent", "must be at most 100"));
+                    }
+                    fee
+                }
+                None => Decimal::TEN,
+            },
+        };
+
+        let plugins = PluginSettings {
+            deadline: Duration::from_millis(raw.plugins.deadline_ms.unwrap_or(5)),
+            memory_bytes: raw.plugins.memory_mib.unwrap_or(32) << 20,
+            default_surcharge_bound: match raw.plugins.default_surcharge_bound {
+                Some(b) => self.decimal("plugins.default_surcharge_bound".into(), Some(&b))?,
+                None => Decimal::ONE_HUNDRED,
+            },
+        };
+        if plugins.deadline.is_zero() || plugins.deadline > Duration::from_secs(10) {
+            return Err(self.err("plugins.deadline_ms", "must be between 1 and 10000"));
+        }
+        if !(1..=4096).contains(&(plugins.memory_bytes >> 20)) {
+            return Err(self.err("plugins.memory_mib", "must be between 1 and 4096"));
+        }
+
+        let mut provider_ids = HashSet::new();
+        let mut providers = Vec::new();
+        for (i, p) in raw.providers.into_iter().enumerate() {
+            let key = |field: &str| format!("providers[{i}].{field}");
+            if !provider_ids.insert(p.id.clone()) {
+                return Err(self.err(key("id"), format!("provider {:?} is defined twice", p.id)));
+            }
+            let kind = match p.kind.as_str() {
+                "demo" => ProviderKind::Demo,
+                "openai" => {
+                    let base_url = p.base_url.ok_or_else(|| {
+                        self.err(key("base_url"), "is required for kind = \"openai\"")
+                    })?;
+                    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                        return Err(self.err(
+                            key("base_url"),
+                            format!("{base_url:?} is not an http(s) URL"),
+                        ));
+                    }
+                    if let Some(var) = &p.api_key_env
+                        && std::env::var_os(var).is_none()
+                    {
+                        return Err(self.err(
+                            key("api_key_env"),
+                            format!("environment variable {var} is not set"),
+                        ));
+                    }
+                    ProviderKind::OpenAi {
+                        base_url: base_url.trim_end_matches('/').to_owned(),
+                        api_key_env: p.api_key_env,
+                    }
+                }
+                other => {
+                    return Err(
+                        self.err(key("kind"), format!("{other:?} is not `openai` or `demo`"))
+                    );
+                }
+            };
+            providers.push(ProviderSettings {
+                id: p.id,
+                kind,
+                connect_timeout: Duration::from_millis(p.connect_timeout_ms.unwrap_or(2_000)),
+                timeout: Duration::from_millis(p.timeout_ms.unwrap_or(120_000)),
+                max_retries: p.max_retries.unwrap_or(1).min(5),
+            });
+        }
+
+        let mut model_keys = HashSet::new();
+        let mut models = Vec::new();
+        for (i, m) in raw.models.into_iter().enumerate() {
+            let key = |field: &str| format!("models[{i}].{field}");
+            if !provider_ids.contains(&m.provider) {
+                return Err(self.err(
+                    key("provider"),
+                    format!("no provider {:?} is defined", m.provider),
+                ));
+            }
+            if !model_keys.insert((m.model.clone(), m.provider.clone())) {
+                return Err(self.err(
+                    key("model"),
+                    format!("{} from {} is listed twice", m.model, m.provider),
+                ));
+            }
+            let kind = match m.kind.as_deref().unwrap_or("chat") {
+                "chat" => ModelKind::Chat,
+                "embeddings" => ModelKind::Embeddings,
+                other => {
+                    return Err(self.err(
+                        key("kind"),
+                        format!("{other:?} is not `chat` or `embeddings`"),
+                    ));
+                }
+            };
+            let offer = ModelOffer {
+                input_per_mtok: self.decimal(key("input_per_mtok"), m.input_per_mtok.as_deref())?,
+                output_per_mtok: self
+                    .decimal(key("output_per_mtok"), m.output_per_mtok.as_deref())?,
+                cached_input_per_mtok: match m.cached_input_per_mtok.as_deref() {
+                    Some(t) => self.decimal(key("cached_input_per_mtok"), Some(t))?,
+                    None => self.decimal(key("input_per_mtok"), m.input_per_mtok.as_deref())?,
+                },
+                context_window: m.context_window.filter(|w| *w > 0).ok_or_else(|| {
+                    self.err(key("context_window"), "is required and must be positive")
+                })?,
+                price_version: m.price_version.ok_or_else(|| {
+                    self.err(
+                        key("price_version"),
+                        "is required (it is stored on every usage record)",
+                    )
+                })?,
+                model: m.model.clone(),
+                provider: m.provider,
+            };
+            models.push(CatalogEntry {
+                upstream_model: m.upstream_model.unwrap_or(m.model),
+                offer,
+                kind,
+            });
+        }
+
+        let mut agencies = BTreeMap::new();
+        for (i, a) in raw.agencies.into_iter().enumerate() {
+            if agencies
+                .insert(a.id.clone(), a.name.unwrap_or_else(|| a.id.clone()))
+                .is_some()
+            {
+                return Err(self.err(
+                    format!("agencies[{i}].id"),
+                    format!("agency {:?} is defined twice", a.id),
+                ));
+            }
+        }
+        let mut client_ids = HashSet::new();
+        let mut clients = Vec::new();
+        for (i, c) in raw.clients.into_iter().enumerate() {
+            let key = |field: &str| format!("clients[{i}].{field}");
+            if !agencies.contains_key(&c.agency) {
+                return Err(self.err(
+                    key("agency"),
+                    format!("no agency {:?} is defined", c.agency),
+                ));
+            }
+            if !client_ids.insert(c.id.clone()) {
+                return Err(self.err(key("id"), format!("client {:?} is defined twice", c.id)));
+            }
+            let plugin = base_dir.join(&c.plugin);
+            if !plugin.is_file() {
+                return Err(self.err(
+                    key("plugin"),
+                    format!("{} does not exist", plugin.display()),
+                ));
+            }
+            let failure_policy = match c.failure_policy.as_deref().unwrap_or("fail-closed") {
+                "fail-closed" => FailurePolicy::FailClosed,
+                "fail-open" => FailurePolicy::FailOpen,
+                other => {
+                    return Err(self.err(
+                        key("failure_policy"),
+                        format!("{other:?} is not `fail-closed` or `fail-open`"),
+                    ));
+                }
+            };
+            if let Some(list) = &c.models {
+                for (j, model) in list.iter().enumerate() {
+                    if !models.iter().any(|m| &m.offer.model == model) {
+                        return Err(self.err(
+                            format!("clients[{i}].models[{j}]"),
+                            format!("no model {model:?} is in the catalog"),
+                        ));
+                    }
+                }
+            }
+            let plugin_config = match c.plugin_config {
+                None => "{}".to_owned(),
+                Some(toml::Value::String(s)) => s,
+                Some(other) => serde_json::to_string(&other)
+                    .map_err(|e| self.err(key("plugin_config"), e.to_string()))?,
+            };
+            clients.push(ClientSettings {
+                id: c.id,
+                agency: c.agency,
+                plugin,
+                plugin_config,
+                failure_policy,
+                models: c.models,
+            });
+        }
+        let mut keys = Vec::new();
+        for (i, k) in raw.keys.into_iter().enumerate() {
+            if !client_ids.contains(&k.client) {
+                return Err(self.err(
+                    format!("keys[{i}].client"),
+                    format!("no client {:?} is defined", k.client),
+                ));
+            }
+            let mut sha256 = [0u8; 32];
+            hex::decode_to_slice(&k.sha256, &mut sha256).map_err(|_| {
+                self.err(
+                    format!("keys[{i}].sha256"),
+                    "must be 64 hex digits (the sha256 of the key)",
+                )
+            })?;
+            keys.push(KeySettings {
+                client: k.client,
+                app: k.app,
+                sha256,
+            });
+        }
+        Ok(Config {
+            source: self.file.to_owned(),
+            server,
+            ledger,
+            plugins,
+            providers,
+            models,
+            agencies,
+            clients,
+            keys,
+        })
+    }
+}

@@ -1,0 +1,226 @@
+//! Errors as clients see them: OpenAI-shaped JSON with the right status.
+//!
+//! Domain errors are turned into [`ApiError`] here and only here. Messages
+//! say what happened and what to do; internal details (paths, traps, store
+//! errors) go to the logs, never to the client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tollgate_ledger::LedgerError;
+use tollgate_plugin_types::{Rejection, RejectionKind};
+
+use crate::plugin::PluginError;
+
+/// An error response: `{"error": {"message", "type", "code", "param"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Human-readable message.
+    pub message: String,
+    /// OpenAI error type.
+    pub kind: &'static str,
+    /// Machine-readable code.
+    pub code: Option<&'static str>,
+    /// The request field at fault.
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            code,
+            param: None,
+        }
+    }
+
+    /// A malformed request, naming the field.
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param.to_owned()),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                message,
+            )
+        }
+    }
+
+    /// A body that is not JSON.
+    pub fn malformed_json(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("invalid_json"),
+            format!("the request body is not valid JSON: {detail}"),
+        )
+    }
+
+    /// A missing, unknown, expired or revoked key.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            message,
+        )
+    }
+
+    /// A model the client may not use or that does not exist.
+    pub fn unknown_model(model: &str) -> Self {
+        Self {
+            param: Some("model".into()),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+                format!("the model `{model}` does not exist or you do not have access to it"),
+            )
+        }
+    }
+
+    /// A body over the size cap.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// An unknown route.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("unknown_url"),
+            format!("unrecognized request URL ({method} {path})"),
+        )
+    }
+
+    /// The agency plugin refused the request.
+    pub fn rejected(rejection: &Rejection) -> Self {
+        let status = match rejection.kind {
+            RejectionKind::InvalidRequest => StatusCode::BAD_REQUEST,
+            RejectionKind::Forbidden => StatusCode::FORBIDDEN,
+            RejectionKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+        };
+        Self::new(
+            status,
+            "invalid_request_error",
+            Some("plugin_rejected"),
+            format!("rejected by the agency's policy: {}", rejection.message),
+        )
+    }
+
+    /// The agency plugin failed and its policy is fail-closed.
+    pub fn plugin_failed(plugin: &str, error: &PluginError, billed_nothing: bool) -> Self {
+        let tail = if billed_nothing {
+            "the request was not sent to any provider and nothing was billed"
+        } else {
+            "nothing was billed"
+        };
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            Some("plugin_failed"),
+            format!(
+                "the agency plugin `{plugin}` failed ({}); {tail}",
+                error.kind()
+            ),
+        )
+    }
+
+    /// Every upstream attempt failed.
+    pub fn upstream(timeout: bool, detail: &str) -> Self {
+        if timeout {
+            Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                Some("upstream_timeout"),
+                format!("the provider did not answer in time: {detail}"),
+            )
+        } else {
+            Self::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                Some("upstream_error"),
+                format!("the provider failed: {detail}"),
+            )
+        }
+    }
+
+    /// Something on our side failed; the detail is logged, not shown.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            Some("internal_error"),
+            "internal error; it has been logged",
+        )
+    }
+
+    /// Temporarily unable to take the request.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("overloaded"),
+            message,
+        )
+    }
+
+    /// Maps a ledger refusal to the client's answer.
+    pub fn from_ledger(error: &LedgerError) -> Self {
+        match error {
+            LedgerError::CapExceeded { cap, .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                Some("spend_cap_exceeded"),
+                format!(
+                    "this request could exceed the monthly spend cap of {cap}; ask the app's provider to raise it"
+                ),
+            ),
+            LedgerError::InsufficientBalance { available, .. } => Self::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                Some("insufficient_balance"),
+                format!(
+                    "the prepaid balance ({available}) cannot cover this request; top up to continue"
+                ),
+            ),
+            LedgerError::Overloaded { .. } => {
+                Self::unavailable("the usage ledger is overloaded; retry shortly")
+            }
+            other => {
+                tracing::error!(error = %other, "ledger error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "code": self.code,
+                "param": self.param,
+            }
+        });
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,64 @@
+//! The OpenAI-compatible HTTP API for client apps, plus health, readiness
+//! and metrics.
+//!
+//! Handlers are thin: they parse and validate the request, call
+//! [`pipeline`] and turn typed errors into OpenAI-shaped responses at the
+//! edge ([`error`]).
+
+pub mod catalog;
+pub mod error;
+mod handlers;
+pub mod metrics;
+pub mod pipeline;
+pub mod sse;
+pub mod tenancy;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use tollgate_ledger::Ledger;
+
+use crate::plugin::PluginRuntime;
+use crate::upstream::Upstreams;
+use catalog::Catalog;
+use metrics::GatewayMetrics;
+use tenancy::Directory;
+
+/// Everything a request needs, shared by all handlers.
+pub struct AppState {
+    /// Keys, clients and bindings, swapped atomically on change.
+    pub directory: ArcSwap<Directory>,
+    /// Priced models.
+    pub catalog: Catalog,
+    /// Upstream providers.
+    pub upstreams: Upstreams,
+    /// The plugin runtime.
+    pub runtime: PluginRuntime,
+    /// The usage ledger.
+    pub ledger: Ledger,
+    /// Gateway metrics.
+    pub metrics: GatewayMetrics,
+    /// The registry served at `/metrics`.
+    pub registry: Registry,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// The data-path router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/models", get(handlers::models))
+        .route("/v1/usage", get(handlers::usage))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        // Bodies are read with our own cap so the 413 is OpenAI-shaped.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}

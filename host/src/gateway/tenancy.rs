@@ -1,0 +1,128 @@
+//! Who is calling: app keys, clients and their plugin bindings.
+//!
+//! Keys are never stored, only their sha256; a lookup hashes the presented
+//! key. The [`Directory`] is an immutable snapshot swapped atomically when
+//! anything changes, so a request keeps the binding it started with while a
+//! new one takes over for the next request.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use crate::plugin::CompiledPlugin;
+use crate::plugin::policy::FailurePolicy;
+
+/// Prefix of client app keys.
+pub const APP_KEY_PREFIX: &str = "tg_live_";
+/// Prefix of agency and operator tokens.
+pub const ADMIN_TOKEN_PREFIX: &str = "tg_admin_";
+
+/// Which plugin version and configuration serve a client.
+pub struct Binding {
+    /// The compiled plugin.
+    pub plugin: Arc<CompiledPlugin>,
+    /// Its configuration document.
+    pub config: Arc<str>,
+    /// What a plugin failure does.
+    pub policy: FailurePolicy,
+}
+
+/// A client of an agency, as the data path needs it.
+pub struct ClientEntry {
+    /// Client id.
+    pub id: String,
+    /// Owning agency.
+    pub agency_id: String,
+    /// The plugin binding in force.
+    pub binding: Arc<Binding>,
+    /// Models the client may use; `None` means the whole catalog.
+    pub models: Option<HashSet<String>>,
+}
+
+/// An app key's owner.
+#[derive(Debug, Clone)]
+pub struct AppKey {
+    /// The client.
+    pub client_id: String,
+    /// The app.
+    pub app_id: String,
+}
+
+/// The authenticated caller of a data-path request.
+#[derive(Clone)]
+pub struct Caller {
+    /// The app.
+    pub app_id: String,
+    /// The client, with its binding at the time of the request.
+    pub client: Arc<ClientEntry>,
+}
+
+/// A snapshot of keys and clients.
+#[derive(Default)]
+pub struct Directory {
+    keys: HashMap<[u8; 32], AppKey>,
+    clients: HashMap<String, Arc<ClientEntry>>,
+}
+
+impl Directory {
+    /// Adds or replaces a client.
+    pub fn insert_client(&mut self, client: ClientEntry) {
+        self.clients.insert(client.id.clone(), Arc::new(client));
+    }
+
+    /// Adds a key by its hash.
+    pub fn insert_key(&mut self, sha256: [u8; 32], key: AppKey) {
+        self.keys.insert(sha256, key);
+    }
+
+    /// The client `id`.
+    pub fn client(&self, id: &str) -> Option<&Arc<ClientEntry>> {
+        self.clients.get(id)
+    }
+
+    /// Resolves an `Authorization` header value to its caller.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        let Some(header) = authorization else {
+            return Err(ApiError::unauthorized(
+                "missing API key: send `Authorization: Bearer tg_live_…`",
+            ));
+        };
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .unwrap_or(header)
+            .trim();
+        if !key.starts_with(APP_KEY_PREFIX) {
+            return Err(ApiError::unauthorized(
+                "invalid API key: client app keys start with `tg_live_`",
+            ));
+        }
+        let app = self
+            .keys
+            .get(&hash_key(key))
+            .ok_or_else(|| ApiError::unauthorized("invalid or revoked API key"))?;
+        let client = self
+            .clients
+            .get(&app.client_id)
+            .ok_or_else(|| ApiError::unauthorized("invalid or revoked API key"))?;
+        Ok(Caller {
+            app_id: app.app_id.clone(),
+            client: client.clone(),
+        })
+    }
+}
+
+/// The sha256 a key is stored as.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A new random key with `prefix` and 192 bits of entropy.
+pub fn generate_key(prefix: &str) -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}

@@ -1,0 +1,227 @@
+//! Assembling and running the gateway: from a validated [`Config`] to a
+//! listening server, with graceful shutdown.
+//!
+//! Start-up checks everything a request would otherwise discover late: each
+//! plugin loads and accepts its configuration (through the plugin's own
+//! validation export), the ledger opens, the currency and timezone exist.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use tollgate_ledger::{Calendar, Currency, Ledger, LedgerConfig};
+
+use crate::config::{Config, ConfigError, Durability};
+use crate::gateway::catalog::Catalog;
+use crate::gateway::metrics::GatewayMetrics;
+use crate::gateway::tenancy::{AppKey, Binding, ClientEntry, Directory};
+use crate::gateway::{self, AppState};
+use crate::plugin::{PluginMetrics, PluginRuntime, RuntimeLimits};
+use crate::upstream::Upstreams;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The ledger could not open.
+    #[error("cannot open the ledger: {0}")]
+    Ledger(#[from] tollgate_ledger::LedgerError),
+    /// The plugin runtime could not start.
+    #[error(transparent)]
+    Runtime(#[from] crate::plugin::RuntimeError),
+    /// An upstream client could not be built.
+    #[error("cannot set up provider clients: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    /// The listen socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn config_error(config: &Config, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: config.source.clone(),
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The ledger settings of `config`, checked.
+pub fn ledger_config(config: &Config) -> Result<LedgerConfig, ConfigError> {
+    let s = &config.ledger;
+    let currency = Currency::from_str(&s.currency).map_err(|_| {
+        config_error(
+            config,
+            "ledger.currency",
+            format!("{} is not a supported currency", s.currency),
+        )
+    })?;
+    let tz = chrono_tz::Tz::from_str(&s.timezone).map_err(|_| {
+        config_error(
+            config,
+            "ledger.timezone",
+            format!("{:?} is not an IANA timezone", s.timezone),
+        )
+    })?;
+    Ok(LedgerConfig {
+        path: Some(s.data_dir.join("ledger")),
+        durability: match s.durability {
+            Durability::Sync => tollgate_ledger::Durability::Sync,
+            Durability::Batched(every) => {
+                tollgate_ledger::Durability::Batched { flush_every: every }
+            }
+        },
+        currency,
+        calendar: Calendar {
+            tz,
+            grace: chrono::Duration::hours(i64::from(s.grace_hours)),
+        },
+        platform_fee_pct: s.platform_fee_percent,
+        ..LedgerConfig::default()
+    })
+}
+
+/// Builds the shared state: ledger, runtime, plugins, directory.
+pub async fn build_state(config: &Config) -> Result<Arc<AppState>, StartError> {
+    let ledger_config = ledger_config(config)?;
+    if let Some(path) = &ledger_config.path {
+        std::fs::create_dir_all(path).map_err(|e| {
+            config_error(
+                config,
+                "ledger.data_dir",
+                format!("cannot create {}: {e}", path.display()),
+            )
+        })?;
+    }
+    let ledger = Ledger::open(ledger_config)?;
+    let mut registry = Registry::default();
+    let plugin_metrics = PluginMetrics::default();
+    plugin_metrics.register(&mut registry);
+    let runtime = PluginRuntime::new(
+        RuntimeLimits {
+            deadline: config.plugins.deadline,
+            memory_bytes: config.plugins.memory_bytes,
+            default_surcharge_bound: config.plugins.default_surcharge_bound,
+            ..RuntimeLimits::default()
+        },
+        plugin_metrics,
+    )?;
+    let mut directory = Directory::default();
+    for (i, client) in config.clients.iter().enumerate() {
+        let key = |field: &str| format!("clients[{i}].{field}");
+        let bytes = std::fs::read(&client.plugin).map_err(|e| {
+            config_error(
+                config,
+                key("plugin"),
+                format!("cannot read {}: {e}", client.plugin.display()),
+            )
+        })?;
+        let plugin = runtime
+            .load(bytes)
+            .await
+            .map_err(|e| config_error(config, key("plugin"), e.to_string()))?;
+        match plugin.validate_config(&client.plugin_config).await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                return Err(config_error(config, key("plugin_config"), message).into());
+            }
+            Err(e) => {
+                return Err(config_error(
+                    config,
+                    key("plugin"),
+                    format!("the plugin failed validating its config: {e}"),
+                )
+                .into());
+            }
+        }
+        directory.insert_client(ClientEntry {
+            id: client.id.clone(),
+            agency_id: client.agency.clone(),
+            binding: Arc::new(Binding {
+                plugin,
+                config: client.plugin_config.as_str().into(),
+                policy: client.failure_policy,
+            }),
+            models: client
+                .models
+                .as_ref()
+                .map(|m| m.iter().cloned().collect::<HashSet<_>>()),
+        });
+    }
+    for key in &config.keys {
+        directory.insert_key(
+            key.sha256,
+            AppKey {
+                client_id: key.client.clone(),
+                app_id: key.app.clone(),
+            },
+        );
+    }
+    crate::tokens::warm_up();
+    let metrics = GatewayMetrics::new(&mut registry);
+    Ok(Arc::new(AppState {
+        directory: ArcSwap::from_pointee(directory),
+        catalog: Catalog::new(config.models.clone()),
+        upstreams: Upstreams::new(&config.providers)?,
+        runtime,
+        ledger,
+        metrics,
+        registry,
+        max_body_bytes: config.server.max_body_bytes,
+    }))
+}
+
+/// Binds `addr`.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish and
+/// flushes the ledger.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = gateway::router(state.clone());
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    if let Err(e) = state.ledger.flush() {
+        tracing::error!(error = %e, "ledger flush at shutdown failed");
+    }
+    result
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
