@@ -9,6 +9,7 @@
 //! that is half-applied.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -157,6 +158,8 @@ pub(crate) struct Shared {
     /// read consults this first, then the store. Entries are removed only after
     /// the checkpoint that wrote them has committed, so reads never go back.
     pub overlay: RwLock<HashMap<AggKey, Totals>>,
+    /// Batched mode: applied but not yet flushed.
+    dirty: AtomicBool,
 }
 
 /// Changes accumulated while a batch is applied.
@@ -242,6 +245,7 @@ impl Shared {
         Ok(Shared {
             store,
             overlay: RwLock::new(HashMap::new()),
+            dirty: AtomicBool::new(false),
             state: Mutex::new(State {
                 meta,
                 aggs: HashMap::new(),
@@ -1128,42 +1132,21 @@ fn validate_plan(p: &ClientPlan) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// The writer thread's loop. Ends when every sender is gone, after a final flush.
+/// Flushes the store and poisons the ledger if that fails.
+fn flush(sh: &Shared) -> Result<(), LedgerError> {
+    if let Err(e) = sh.store.sync() {
+        tracing::error!(error = %e, "ledger flush failed; ledger poisoned");
+        let msg = format!("flush failed: {e}");
+        sh.poison(msg.clone());
+        return Err(LedgerError::Poisoned(msg));
+    }
+    Ok(())
+}
+
+/// The writer thread's loop. Ends when every sender is gone, after a final
+/// checkpoint and flush.
 pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
-    let mut dirty = false;
-    let mut last_flush = Instant::now();
-    let flush = |sh: &Shared| {
-        if let Err(e) = sh.store.sync() {
-            tracing::error!(error = %e, "ledger flush failed; ledger poisoned");
-            sh.poison(format!("flush failed: {e}"));
-            return Err(e);
-        }
-        Ok(())
-    };
-    loop {
-        let first = match sh.cfg.durability {
-            Durability::Sync => match rx.recv() {
-                Ok(j) => j,
-                Err(_) => break,
-            },
-            Durability::Batched { flush_every } => {
-                let wait = if dirty {
-                    flush_every.saturating_sub(last_flush.elapsed())
-                } else {
-                    std::time::Duration::from_secs(3600)
-                };
-                match rx.recv_timeout(wait) {
-                    Ok(j) => j,
-                    Err(flume::RecvTimeoutError::Timeout) => {
-                        let _ = flush(&sh);
-                        dirty = false;
-                        last_flush = Instant::now();
-                        continue;
-                    }
-                    Err(flume::RecvTimeoutError::Disconnected) => break,
-                }
-            }
-        };
+    while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < sh.cfg.max_batch {
             match rx.try_recv() {
@@ -1176,18 +1159,16 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
         match sh.cfg.durability {
             Durability::Sync => {
                 if wrote && let Err(e) = flush(&sh) {
-                    let msg = format!("flush failed: {e}");
                     for r in &mut results {
-                        *r = Err(LedgerError::Poisoned(msg.clone()));
+                        *r = Err(clone_err(&e));
                     }
                 }
             }
-            Durability::Batched { flush_every } => {
-                dirty |= wrote;
-                if dirty && last_flush.elapsed() >= flush_every {
-                    let _ = flush(&sh);
-                    dirty = false;
-                    last_flush = Instant::now();
+            // The flusher thread makes it durable within `flush_every`; keeping
+            // the fsync off this thread keeps it from stalling every writer.
+            Durability::Batched { .. } => {
+                if wrote {
+                    sh.dirty.store(true, Ordering::Release);
                 }
             }
         }
@@ -1199,4 +1180,13 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
     // Shutdown: checkpoint so the next open has nothing to replay.
     let _ = sh.apply_jobs(&[], true);
     let _ = flush(&sh);
+}
+
+/// Batched mode's periodic flush. Ends when `stop` is dropped.
+pub(crate) fn run_flusher(sh: Arc<Shared>, stop: flume::Receiver<()>, every: std::time::Duration) {
+    while let Err(flume::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        if sh.dirty.swap(false, Ordering::AcqRel) {
+            let _ = flush(&sh);
+        }
+    }
 }

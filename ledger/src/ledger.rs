@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Durability;
 use crate::config::LedgerConfig;
-use crate::engine::{Command, Job, Reply, Reservation, Shared, run_writer};
+use crate::engine::{Command, Job, Reply, Reservation, Shared, run_flusher, run_writer};
 use crate::error::LedgerError;
 use crate::model::{
     AggKey, AggScan, Alert, ClientPlan, CreditBucket, CreditEntry, Delivery, Page, RecordId,
@@ -38,16 +39,24 @@ struct Inner {
     shared: Arc<Shared>,
     tx: Option<flume::Sender<Job>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    flusher_stop: Option<flume::Sender<()>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queue lets the writer drain what is queued, flush, and exit.
+        // Closing the queue lets the writer drain what is queued, checkpoint,
+        // flush, and exit; then the flusher (batched mode) is stopped.
         self.tx.take();
-        if let Ok(mut w) = self.writer.lock()
-            && let Some(h) = w.take()
-        {
-            let _ = h.join();
+        for (stop, handle) in [(false, &self.writer), (true, &self.flusher)] {
+            if stop {
+                self.flusher_stop.take();
+            }
+            if let Ok(mut w) = handle.lock()
+                && let Some(h) = w.take()
+            {
+                let _ = h.join();
+            }
         }
     }
 }
@@ -89,15 +98,30 @@ impl Ledger {
         let shared = Arc::new(Shared::open(store, config)?);
         let (tx, rx) = flume::bounded(shared.cfg.queue_capacity);
         let writer_shared = Arc::clone(&shared);
+        let spawn_err = |e: std::io::Error| LedgerError::InvalidArgument(format!("spawn: {e}"));
         let handle = std::thread::Builder::new()
             .name("tollgate-ledger-writer".into())
             .spawn(move || run_writer(writer_shared, rx))
-            .map_err(|e| LedgerError::InvalidArgument(format!("spawn writer: {e}")))?;
+            .map_err(spawn_err)?;
+        let (flusher_stop, flusher) = match shared.cfg.durability {
+            Durability::Sync => (None, None),
+            Durability::Batched { flush_every } => {
+                let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+                let sh = Arc::clone(&shared);
+                let h = std::thread::Builder::new()
+                    .name("tollgate-ledger-flusher".into())
+                    .spawn(move || run_flusher(sh, stop_rx, flush_every))
+                    .map_err(spawn_err)?;
+                (Some(stop_tx), Some(h))
+            }
+        };
         Ok(Ledger {
             inner: Arc::new(Inner {
                 shared,
                 tx: Some(tx),
                 writer: Mutex::new(Some(handle)),
+                flusher_stop,
+                flusher: Mutex::new(flusher),
             }),
         })
     }
