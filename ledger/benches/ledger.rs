@@ -330,7 +330,7 @@ fn main() -> Result<(), BoxError> {
     println!("| provider settlement for the month | {se_ms:.2} ms | |");
     println!("| all 10 payouts + all 1000 statements | {all_ms:.1} ms | |");
     println!(
-        "| usage_so_far (request summary read) | {:.1} µs |",
+        "| usage_so_far (request summary read) | {:.1} µs | |",
         usage_ms * 1e3
     );
     drop(ledger);
