@@ -951,6 +951,19 @@ fn aggregates_between_checkpoints_are_read_from_memory_and_replayed_after_a_cras
         l.record(rec(&format!("b{i}"), "c1", "2", "0")).unwrap();
     }
     store.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A failed group commit poisons the ledger: no write is acknowledged after it.
+    assert!(matches!(
+        l.record(rec("c0", "c1", "1", "0")),
+        Err(LedgerError::Poisoned(_))
+    ));
+    assert!(matches!(
+        l.record(rec("c1", "c1", "1", "0")),
+        Err(LedgerError::Poisoned(_))
+    ));
+    assert!(matches!(
+        l.reserve("c1", d("1")),
+        Err(LedgerError::Poisoned(_))
+    ));
     drop(l);
     assert_eq!(
         sled.get_aggregate(&client_key).unwrap().unwrap().total,
@@ -970,4 +983,55 @@ fn aggregates_between_checkpoints_are_read_from_memory_and_replayed_after_a_cras
     assert!(l.record(rec("b1", "c1", "2", "0")).unwrap().is_duplicate());
     let v = l.verify().unwrap();
     assert!(v.is_consistent(), "{:?}", v.problems);
+}
+
+#[test]
+fn a_retried_record_releases_the_fresh_reservation_it_carries() {
+    let (l, _) = ledger_at("2025-01-10T12:00:00Z");
+    let mut plan = ClientPlan::default_for("c1");
+    plan.monthly_cap = Some(d("10"));
+    l.set_plan(plan).unwrap();
+    let first = l.reserve("c1", d("4")).unwrap();
+    let mut r = rec("k", "c1", "3", "0");
+    r.reservation_id = Some(first.id);
+    l.record(r.clone()).unwrap();
+    // The gateway retried the request and reserved again before re-sending.
+    let second = l.reserve("c1", d("4")).unwrap();
+    assert_eq!(l.outstanding("c1").unwrap(), d("4"));
+    r.reservation_id = Some(second.id);
+    assert!(l.record(r).unwrap().is_duplicate());
+    assert_eq!(l.outstanding("c1").unwrap(), d("0"));
+    assert!(matches!(
+        l.release(second.id),
+        Err(LedgerError::UnknownReservation(_))
+    ));
+    // 3 spent: 7 of headroom, not 3.
+    l.reserve("c1", d("7")).unwrap();
+}
+
+#[test]
+fn periods_follow_the_configured_timezone_end_to_end() {
+    let clock = ManualClock::new(t("2025-01-31T20:00:00Z"));
+    let l = Ledger::open(LedgerConfig {
+        calendar: Calendar {
+            tz: chrono_tz::Asia::Tokyo,
+            grace: chrono::Duration::hours(1),
+        },
+        clock: clock.clock(),
+        ..LedgerConfig::default()
+    })
+    .unwrap();
+    // 2025-01-31T20:00Z is February 1st, 05:00 in Tokyo.
+    let mut r = rec("a", "c1", "1", "0");
+    r.finished_at = t("2025-01-31T20:00:00Z");
+    let o = l.record(r).unwrap();
+    assert_eq!(o.record().id.period, p("2025-02"));
+    assert_eq!(l.current_period(), p("2025-02"));
+    // January (Tokyo) ended at 2025-01-31T15:00Z and closed an hour later.
+    assert!(l.payout("agency-1", p("2025-01")).is_ok());
+    let mut late = rec("b", "c1", "2", "0");
+    late.finished_at = t("2025-01-31T14:00:00Z");
+    let o = l.record(late).unwrap();
+    assert_eq!(o.record().id.period, p("2025-02"));
+    assert!(o.record().late_adjustment);
 }
