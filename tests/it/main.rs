@@ -11,6 +11,8 @@
     reason = "a failing test reports by panicking"
 )]
 
+mod gateway;
 mod plugin_runtime;
 mod plugin_tooling;
+mod python_sdk;
 mod support;

@@ -114,6 +114,7 @@ fn embeddings(body: &Value, model: &str) -> Value {
         Some(other) => vec![other.clone()],
         None => Vec::new(),
     };
+    let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
@@ -129,7 +130,15 @@ fn embeddings(body: &Value, model: &str) -> Value {
                     (x as f64 - 1000.0) / 1000.0
                 })
                 .collect();
-            json!({"object": "embedding", "index": index, "embedding": vector})
+            let embedding = if base64 {
+                // The OpenAI SDKs ask for little-endian f32s in base64 by default.
+                use base64::Engine as _;
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
     let prompt = body

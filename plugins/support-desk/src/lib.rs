@@ -5,7 +5,8 @@
 //!   `escalation` when the client tags the request `escalate=true`.
 //! - **Route**: escalations go to the strong model; short prompts go to the
 //!   cheap model; anything else gets the model the client asked for. The
-//!   other model is the fallback.
+//!   other model is the fallback. Embeddings (the knowledge base) go to the
+//!   model asked for.
 //! - **Price**: a fee per ticket opened plus a percentage margin on the
 //!   provider cost.
 
@@ -80,6 +81,17 @@ impl Plugin for SupportDesk {
         request: &RequestSummary,
         offers: &[ModelOffer],
     ) -> Result<RouteDecision, Rejection> {
+        if request.endpoint == Endpoint::Embeddings {
+            // Knowledge-base embeddings: as requested, margin only.
+            let mut decision = route_as_requested(request, offers)?;
+            let max_cost = offers
+                .iter()
+                .find(|o| o.is(&decision.primary))
+                .map(|o| money::max_cost(o, request.estimated_prompt_tokens, 0))
+                .unwrap_or_default();
+            decision.surcharge_bound = Some(percent_of(max_cost, config.margin_percent));
+            return Ok(decision);
+        }
         let cheap = find(offers, &config.cheap_model);
         let strong = find(offers, &config.strong_model);
         let preferred = if is_escalation(request) {

@@ -1,6 +1,8 @@
 //! Shared test harness: building the test plugins once, paths, and the
 //! common request fixtures.
 
+pub mod gateway;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
