@@ -57,6 +57,7 @@ struct RawServer {
     listen: Option<String>,
     max_body_bytes: Option<usize>,
     operator_token_env: Option<String>,
+    alert_poll_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -110,6 +111,8 @@ struct RawModel {
 struct RawAgency {
     id: String,
     name: Option<String>,
+    webhook_url: Option<String>,
+    webhook_secret_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +125,10 @@ struct RawClient {
     plugin_config: Option<toml::Value>,
     failure_policy: Option<String>,
     models: Option<Vec<String>>,
+    billing: Option<String>,
+    monthly_cap: Option<String>,
+    alert_thresholds: Option<Vec<u32>>,
+    included_per_period: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +148,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Environment variable holding the operator token, if any.
     pub operator_token_env: Option<String>,
+    /// How often the alert outbox is drained.
+    pub alert_poll: Duration,
 }
 
 /// Ledger settings.
@@ -244,6 +253,30 @@ pub struct ClientSettings {
     pub failure_policy: FailurePolicy,
     /// Models the client may use (`None`: all).
     pub models: Option<Vec<String>>,
+    /// Billing, cap, alerts and included usage (`None`: leave the ledger's plan as is).
+    pub plan: Option<PlanSettings>,
+}
+
+/// A client's commercial settings from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSettings {
+    /// Prepaid (refused when the balance cannot cover a request) or postpaid.
+    pub prepaid: bool,
+    /// Hard monthly cap.
+    pub monthly_cap: Option<Decimal>,
+    /// Alert thresholds, percent of the cap.
+    pub alert_thresholds: Vec<u32>,
+    /// Usage included each period.
+    pub included_per_period: Decimal,
+}
+
+/// An agency's alert webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// The URL.
+    pub url: String,
+    /// The HMAC key.
+    pub secret: Vec<u8>,
 }
 
 /// An app key, stored as the sha256 of the key.
@@ -274,6 +307,8 @@ pub struct Config {
     pub models: Vec<CatalogEntry>,
     /// Agencies: id → display name.
     pub agencies: BTreeMap<String, String>,
+    /// Agencies' alert webhooks, by agency id.
+    pub webhooks: BTreeMap<String, WebhookSettings>,
     /// Clients.
     pub clients: Vec<ClientSettings>,
     /// App keys.
@@ -384,6 +419,7 @@ impl Validator<'_> {
             })?,
             max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
             operator_token_env: raw.server.operator_token_env,
+            alert_poll: Duration::from_millis(raw.server.alert_poll_ms.unwrap_or(1000).max(10)),
         };
         if server.max_body_bytes < 1024 {
             return Err(self.err("server.max_body_bytes", "must be at least 1024"));
@@ -546,6 +582,7 @@ impl Validator<'_> {
         }
 
         let mut agencies = BTreeMap::new();
+        let mut webhooks = BTreeMap::new();
         for (i, a) in raw.agencies.into_iter().enumerate() {
             if agencies
                 .insert(a.id.clone(), a.name.unwrap_or_else(|| a.id.clone()))
@@ -555,6 +592,36 @@ impl Validator<'_> {
                     format!("agencies[{i}].id"),
                     format!("agency {:?} is defined twice", a.id),
                 ));
+            }
+            match (a.webhook_url, a.webhook_secret_env) {
+                (None, None) => {}
+                (Some(url), Some(var)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(self.err(
+                            format!("agencies[{i}].webhook_url"),
+                            format!("{url:?} is not an http(s) URL"),
+                        ));
+                    }
+                    let secret = std::env::var(&var).map_err(|_| {
+                        self.err(
+                            format!("agencies[{i}].webhook_secret_env"),
+                            format!("environment variable {var} is not set"),
+                        )
+                    })?;
+                    webhooks.insert(
+                        a.id.clone(),
+                        WebhookSettings {
+                            url,
+                            secret: secret.into_bytes(),
+                        },
+                    );
+                }
+                _ => {
+                    return Err(self.err(
+                        format!("agencies[{i}]"),
+                        "webhook_url and webhook_secret_env go together (alerts are always signed)",
+                    ));
+                }
             }
         }
         let mut client_ids = HashSet::new();
@@ -597,6 +664,46 @@ impl Validator<'_> {
                     }
                 }
             }
+            let plan = if c.billing.is_none()
+                && c.monthly_cap.is_none()
+                && c.alert_thresholds.is_none()
+                && c.included_per_period.is_none()
+            {
+                None
+            } else {
+                let prepaid = match c.billing.as_deref().unwrap_or("postpaid") {
+                    "prepaid" => true,
+                    "postpaid" => false,
+                    other => {
+                        return Err(self.err(
+                            key("billing"),
+                            format!("{other:?} is not `prepaid` or `postpaid`"),
+                        ));
+                    }
+                };
+                let thresholds = c.alert_thresholds.unwrap_or_else(|| vec![50, 80, 100]);
+                if thresholds.iter().any(|t| *t == 0 || *t > 1000) {
+                    return Err(self.err(
+                        key("alert_thresholds"),
+                        "thresholds are percentages from 1 to 1000",
+                    ));
+                }
+                Some(PlanSettings {
+                    prepaid,
+                    monthly_cap: c
+                        .monthly_cap
+                        .as_deref()
+                        .map(|t| self.decimal(key("monthly_cap"), Some(t)))
+                        .transpose()?,
+                    alert_thresholds: thresholds,
+                    included_per_period: c
+                        .included_per_period
+                        .as_deref()
+                        .map(|t| self.decimal(key("included_per_period"), Some(t)))
+                        .transpose()?
+                        .unwrap_or_default(),
+                })
+            };
             let plugin_config = match c.plugin_config {
                 None => "{}".to_owned(),
                 Some(toml::Value::String(s)) => s,
@@ -610,6 +717,7 @@ impl Validator<'_> {
                 plugin_config,
                 failure_policy,
                 models: c.models,
+                plan,
             });
         }
         let mut keys = Vec::new();
@@ -641,6 +749,7 @@ impl Validator<'_> {
             providers,
             models,
             agencies,
+            webhooks,
             clients,
             keys,
         })

@@ -155,6 +155,7 @@ pub fn demo_config(
             plugin_config: c.config.into(),
             failure_policy: FailurePolicy::FailClosed,
             models: None,
+            plan: None,
         })
         .collect();
     let keys = credentials
@@ -172,6 +173,7 @@ pub fn demo_config(
             listen,
             max_body_bytes: 4 << 20,
             operator_token_env: None,
+            alert_poll: std::time::Duration::from_millis(200),
         },
         ledger: LedgerSettings {
             data_dir: data_dir.to_owned(),
@@ -195,6 +197,7 @@ pub fn demo_config(
         }],
         models,
         agencies: [(DEMO_AGENCY.to_owned(), "Demo Agency".to_owned())].into(),
+        webhooks: Default::default(),
         clients,
         keys,
     }

@@ -165,6 +165,38 @@ pub async fn build_state(config: &Config) -> Result<Arc<AppState>, StartError> {
             },
         );
     }
+    for client in &config.clients {
+        let mut plan = ledger.plan(&client.id)?;
+        let before = plan.clone();
+        plan.agency_id = Some(client.agency.clone());
+        if let Some(p) = &client.plan {
+            plan.billing = if p.prepaid {
+                tollgate_ledger::Billing::Prepaid
+            } else {
+                tollgate_ledger::Billing::Postpaid
+            };
+            plan.monthly_cap = p.monthly_cap;
+            plan.alert_thresholds_pct = p.alert_thresholds.clone();
+            plan.included_per_period = p.included_per_period;
+        }
+        if plan != before {
+            ledger.set_plan(plan)?;
+        }
+    }
+    let webhooks = config
+        .webhooks
+        .iter()
+        .map(|(agency, w)| {
+            (
+                agency.clone(),
+                crate::alerts::Webhook {
+                    url: w.url.clone(),
+                    secret: w.secret.clone(),
+                },
+            )
+        })
+        .collect();
+    let alerts = crate::alerts::spawn(ledger.clone(), Arc::new(webhooks), config.server.alert_poll);
     crate::tokens::warm_up();
     let metrics = GatewayMetrics::new(&mut registry);
     Ok(Arc::new(AppState {
@@ -176,6 +208,7 @@ pub async fn build_state(config: &Config) -> Result<Arc<AppState>, StartError> {
         metrics,
         registry,
         max_body_bytes: config.server.max_body_bytes,
+        background: std::sync::Mutex::new(vec![alerts.abort_handle()]),
     }))
 }
 

@@ -45,14 +45,23 @@ async fn wait_for_records(gw: &TestGateway, client: &str, n: usize) -> Vec<Store
 }
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
-    r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 async fn error_of(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"]["message"].is_string(), "not OpenAI-shaped: {body}");
-    assert!(body["error"]["type"].is_string(), "not OpenAI-shaped: {body}");
+    assert!(
+        body["error"]["message"].is_string(),
+        "not OpenAI-shaped: {body}"
+    );
+    assert!(
+        body["error"]["type"].is_string(),
+        "not OpenAI-shaped: {body}"
+    );
     (status, body["error"].clone())
 }
 
@@ -83,7 +92,11 @@ async fn a_chat_request_is_routed_metered_priced_and_recorded_once() {
     assert_eq!(r.status(), 200);
     let request_id = header(&r, "x-request-id").to_owned();
     assert!(request_id.starts_with("req_"));
-    assert_eq!(header(&r, "x-tollgate-model"), "mini-ok", "short prompt goes to the cheap model");
+    assert_eq!(
+        header(&r, "x-tollgate-model"),
+        "mini-ok",
+        "short prompt goes to the cheap model"
+    );
     assert_eq!(header(&r, "x-tollgate-units"), "ticket=1;answer=1");
     let headers = (
         dec(header(&r, "x-tollgate-provider-cost")),
@@ -93,10 +106,16 @@ async fn a_chat_request_is_routed_metered_priced_and_recorded_once() {
     let answer: Value = r.json().await.unwrap();
     let prompt = answer["usage"]["prompt_tokens"].as_u64().unwrap();
     let completion = answer["usage"]["completion_tokens"].as_u64().unwrap();
-    assert_eq!(prompt, mock_upstream::prompt_tokens(body["messages"].as_array().unwrap()));
+    assert_eq!(
+        prompt,
+        mock_upstream::prompt_tokens(body["messages"].as_array().unwrap())
+    );
     let provider_cost = cost("mini-ok", prompt, completion);
     let surcharge = dec("0.05") + provider_cost * dec("0.20");
-    assert_eq!(headers, (provider_cost, surcharge, provider_cost + surcharge));
+    assert_eq!(
+        headers,
+        (provider_cost, surcharge, provider_cost + surcharge)
+    );
 
     // The upstream saw the routed model, not the requested one.
     let seen = gw.mock.requests();
@@ -107,13 +126,25 @@ async fn a_chat_request_is_routed_metered_priced_and_recorded_once() {
     assert_eq!(recs.len(), 1, "exactly one usage record");
     let rec = &recs[0].record;
     assert_eq!(rec.request_id, request_id);
-    assert_eq!((rec.requested_model.as_str(), rec.routed_model.as_str()), ("pro-ok", "mini-ok"));
-    assert_eq!((rec.provider_cost, rec.surcharge, rec.total_charged), (provider_cost, surcharge, provider_cost + surcharge));
+    assert_eq!(
+        (rec.requested_model.as_str(), rec.routed_model.as_str()),
+        ("pro-ok", "mini-ok")
+    );
+    assert_eq!(
+        (rec.provider_cost, rec.surcharge, rec.total_charged),
+        (provider_cost, surcharge, provider_cost + surcharge)
+    );
     assert_eq!(rec.units.get("ticket"), Some(&Decimal::ONE));
     assert_eq!(rec.plugin.name, "support-desk");
     assert_eq!(rec.price_version, "test-2026-11");
-    assert!(!rec.flags.partial && !rec.flags.estimated && !rec.flags.failed && !rec.flags.fail_open);
-    assert_eq!(gw.state.ledger.outstanding("acme").unwrap(), Decimal::ZERO, "reservation settled");
+    assert!(
+        !rec.flags.partial && !rec.flags.estimated && !rec.flags.failed && !rec.flags.fail_open
+    );
+    assert_eq!(
+        gw.state.ledger.outstanding("acme").unwrap(),
+        Decimal::ZERO,
+        "reservation settled"
+    );
     gw.stop().await;
 }
 
@@ -131,22 +162,40 @@ async fn a_stream_passes_through_and_its_final_chunk_carries_usage_and_charges()
     let mut body = chat("mini-ok", "hello there");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let r = gw.post("acme", "/v1/chat/completions").json(&body).send().await.unwrap();
+    let r = gw
+        .post("acme", "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-type"), "text/event-stream");
     let events = sse_events(r).await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let usage_chunk: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     let usage = &usage_chunk["usage"];
-    let (prompt, completion) = (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    let (prompt, completion) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
     let figures = &usage_chunk["tollgate"];
     let provider_cost = cost("mini-ok", prompt, completion);
-    assert_eq!(dec(figures["provider_cost"].as_str().unwrap()), provider_cost);
-    assert_eq!(dec(figures["total"].as_str().unwrap()), provider_cost + provider_cost * dec("0.2"));
+    assert_eq!(
+        dec(figures["provider_cost"].as_str().unwrap()),
+        provider_cost
+    );
+    assert_eq!(
+        dec(figures["total"].as_str().unwrap()),
+        provider_cost + provider_cost * dec("0.2")
+    );
     let content: String = events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .collect();
     assert_eq!(content.split_whitespace().count() as u64, completion);
 
@@ -154,14 +203,25 @@ async fn a_stream_passes_through_and_its_final_chunk_carries_usage_and_charges()
     // still asked the upstream for it and billed exactly.
     let mut body = chat("mini-ok", "hello there");
     body["stream"] = json!(true);
-    let r = gw.post("acme", "/v1/chat/completions").json(&body).send().await.unwrap();
+    let r = gw
+        .post("acme", "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let events = sse_events(r).await;
-    assert!(events.iter().all(|e| !e.contains("\"usage\"")), "usage chunk leaked: {events:?}");
+    assert!(
+        events.iter().all(|e| !e.contains("\"usage\"")),
+        "usage chunk leaked: {events:?}"
+    );
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let sent = gw.mock.requests();
     assert_eq!(sent[1].body["stream_options"]["include_usage"], json!(true));
     let recs = wait_for_records(&gw, "acme", 2).await;
-    assert!(recs.iter().all(|r| !r.record.flags.estimated && !r.record.flags.partial));
+    assert!(
+        recs.iter()
+            .all(|r| !r.record.flags.estimated && !r.record.flags.partial)
+    );
     gw.stop().await;
 }
 
@@ -179,7 +239,11 @@ async fn upstream_5xx_and_timeouts_fall_back_down_the_route() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{cheap}");
-        assert_eq!(header(&r, "x-tollgate-model"), "pro-ok", "{cheap}: served by the fallback");
+        assert_eq!(
+            header(&r, "x-tollgate-model"),
+            "pro-ok",
+            "{cheap}: served by the fallback"
+        );
         // 5xx is retried once on the same provider; a timeout moves on at once.
         assert_eq!(gw.mock.count(cheap), expected_tries, "{cheap}");
         assert_eq!(gw.mock.count("pro-ok"), 1);
@@ -205,7 +269,10 @@ async fn when_every_attempt_fails_the_client_gets_502_and_one_zero_record() {
         .await
         .unwrap();
     let (status, error) = error_of(r).await;
-    assert_eq!((status, error["code"].as_str()), (502, Some("upstream_error")));
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (502, Some("upstream_error"))
+    );
     let recs = records(&gw, "acme");
     assert_eq!(recs.len(), 1);
     assert!(recs[0].record.flags.failed);
@@ -214,9 +281,16 @@ async fn when_every_attempt_fails_the_client_gets_502_and_one_zero_record() {
 
     // A provider's own 4xx is passed through as the provider worded it,
     // without retries, and leaves one zero record.
-    let r = gw.post("direct", "/v1/chat/completions").json(&chat("fail400-mini", "hi")).send().await;
+    let r = gw
+        .post("direct", "/v1/chat/completions")
+        .json(&chat("fail400-mini", "hi"))
+        .send()
+        .await;
     let (status, error) = error_of(r.unwrap()).await;
-    assert_eq!((status, error["type"].as_str()), (400, Some("invalid_request_error")));
+    assert_eq!(
+        (status, error["type"].as_str()),
+        (400, Some("invalid_request_error"))
+    );
     assert_eq!(gw.mock.count("fail400-mini"), 1, "a 4xx is not retried");
     let recs = records(&gw, "direct");
     assert_eq!(recs.len(), 1);
@@ -236,7 +310,12 @@ async fn a_client_that_disconnects_mid_stream_is_billed_for_what_it_got() {
     );
     let mut body = chat("stall-mini", "tell me a long story");
     body["stream"] = json!(true);
-    let r = gw.post("acme", "/v1/chat/completions").json(&body).send().await.unwrap();
+    let r = gw
+        .post("acme", "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let mut received = String::new();
@@ -258,10 +337,18 @@ async fn an_upstream_that_cuts_off_is_recorded_as_partial() {
     let gw = gateway::start(vec![ClientSpec::new("acme", "hostile", "ok")]).await;
     let mut body = chat("cutoff-pro", "go");
     body["stream"] = json!(true);
-    let r = gw.post("acme", "/v1/chat/completions").json(&body).send().await.unwrap();
+    let r = gw
+        .post("acme", "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap_or_default();
-    assert!(!text.contains("[DONE]"), "a cut-off stream must not look complete");
+    assert!(
+        !text.contains("[DONE]"),
+        "a cut-off stream must not look complete"
+    );
     let recs = wait_for_records(&gw, "acme", 1).await;
     assert!(recs[0].record.flags.partial && recs[0].record.flags.estimated);
     gw.stop().await;
@@ -281,7 +368,12 @@ async fn a_plugin_rejection_reaches_the_client_and_nothing_is_called_or_billed()
     let (status, error) = error_of(r).await;
     assert_eq!(status, 429);
     assert_eq!(error["code"], "plugin_rejected");
-    assert!(error["message"].as_str().unwrap().contains("monthly cap of 0 scored leads"));
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("monthly cap of 0 scored leads")
+    );
     assert_eq!(gw.mock.requests().len(), 0);
     assert!(records(&gw, "crm").is_empty());
     assert_eq!(gw.state.ledger.outstanding("crm").unwrap(), Decimal::ZERO);
@@ -298,15 +390,33 @@ async fn plugin_failures_follow_the_bindings_failure_policy() {
     ])
     .await;
     // Route fails, fail-closed: refused before any provider, nothing recorded.
-    let r = gw.post("closed", "/v1/chat/completions").json(&chat("mini-ok", "hi")).send().await.unwrap();
+    let r = gw
+        .post("closed", "/v1/chat/completions")
+        .json(&chat("mini-ok", "hi"))
+        .send()
+        .await
+        .unwrap();
     let (status, error) = error_of(r).await;
-    assert_eq!((status, error["code"].as_str()), (500, Some("plugin_failed")));
-    assert!(error["message"].as_str().unwrap().contains("`hostile` failed (trap)"));
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (500, Some("plugin_failed"))
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("`hostile` failed (trap)")
+    );
     assert_eq!(gw.mock.count("mini-ok"), 0);
     assert!(records(&gw, "closed").is_empty());
 
     // Route fails, fail-open: served as requested, flagged, no surcharge.
-    let r = gw.post("open", "/v1/chat/completions").json(&chat("mini-ok", "hi")).send().await.unwrap();
+    let r = gw
+        .post("open", "/v1/chat/completions")
+        .json(&chat("mini-ok", "hi"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-tollgate-flags"), "fail_open");
     let rec = &records(&gw, "open")[0].record;
@@ -316,16 +426,29 @@ async fn plugin_failures_follow_the_bindings_failure_policy() {
 
     // Meter fails after the provider answered, fail-closed: an error, and a
     // record that bills the client nothing but keeps the provider cost.
-    let r = gw.post("closed-meter", "/v1/chat/completions").json(&chat("mini-ok", "hi")).send().await.unwrap();
+    let r = gw
+        .post("closed-meter", "/v1/chat/completions")
+        .json(&chat("mini-ok", "hi"))
+        .send()
+        .await
+        .unwrap();
     let (status, error) = error_of(r).await;
-    assert_eq!((status, error["code"].as_str()), (500, Some("plugin_failed")));
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (500, Some("plugin_failed"))
+    );
     let rec = &records(&gw, "closed-meter")[0].record;
     assert!(rec.flags.failed);
     assert_eq!(rec.total_charged, Decimal::ZERO);
     assert!(rec.provider_cost > Decimal::ZERO);
 
     // Price times out, fail-open: answer delivered, zero surcharge, flagged.
-    let r = gw.post("open-price", "/v1/chat/completions").json(&chat("mini-ok", "hi")).send().await.unwrap();
+    let r = gw
+        .post("open-price", "/v1/chat/completions")
+        .json(&chat("mini-ok", "hi"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let rec = &records(&gw, "open-price")[0].record;
     assert!(rec.flags.fail_open && rec.surcharge.is_zero());
@@ -348,14 +471,21 @@ async fn bad_keys_malformed_and_oversized_bodies_get_clear_errors() {
     for (auth, what) in [
         (None, "missing"),
         (Some("Bearer sk-openai-style"), "wrong prefix"),
-        (Some("Bearer tg_live_0000000000000000000000000000000000000000000000"), "unknown"),
+        (
+            Some("Bearer tg_live_0000000000000000000000000000000000000000000000"),
+            "unknown",
+        ),
     ] {
         let mut req = client.post(&url).json(&body);
         if let Some(auth) = auth {
             req = req.header("authorization", auth);
         }
         let (status, error) = error_of(req.send().await.unwrap()).await;
-        assert_eq!((status, error["code"].as_str()), (401, Some("invalid_api_key")), "{what}");
+        assert_eq!(
+            (status, error["code"].as_str()),
+            (401, Some("invalid_api_key")),
+            "{what}"
+        );
     }
     let cases: Vec<(Vec<u8>, u16, Option<&str>)> = vec![
         (b"{not json".to_vec(), 400, None),
@@ -387,13 +517,25 @@ async fn bad_keys_malformed_and_oversized_bodies_get_clear_errors() {
     let mut body = chat("mini-ok", "hi");
     body["logit_bias"] = json!({"42": 1});
     body["x_vendor_flag"] = json!(true);
-    let r = gw.post("acme", "/v1/chat/completions").json(&body).send().await.unwrap();
+    let r = gw
+        .post("acme", "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let sent = gw.mock.requests().pop().unwrap();
     assert_eq!(sent.body["x_vendor_flag"], json!(true));
     assert_eq!(sent.body["logit_bias"], json!({"42": 1}));
-    assert!(records(&gw, "acme").len() == 1, "refused requests leave no record");
-    let r = client.get(format!("{}/v2/nothing", gw.url)).send().await.unwrap();
+    assert!(
+        records(&gw, "acme").len() == 1,
+        "refused requests leave no record"
+    );
+    let r = client
+        .get(format!("{}/v2/nothing", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await.0, 404);
     gw.stop().await;
 }
@@ -412,9 +554,17 @@ async fn embeddings_models_usage_health_and_metrics() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap();
-    assert_eq!(cost, Decimal::from(prompt) * dec("0.02") / Decimal::from(1_000_000));
+    assert_eq!(
+        cost,
+        Decimal::from(prompt) * dec("0.02") / Decimal::from(1_000_000)
+    );
     // A chat model is not an embeddings model.
-    let r = gw.post("acme", "/v1/embeddings").json(&json!({"model": "mini-ok", "input": "x"})).send().await.unwrap();
+    let r = gw
+        .post("acme", "/v1/embeddings")
+        .json(&json!({"model": "mini-ok", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await.0, 404);
 
     let client = reqwest::Client::new();
@@ -427,7 +577,12 @@ async fn embeddings_models_usage_health_and_metrics() {
         .json()
         .await
         .unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert!(ids.contains(&"mini-ok") && ids.contains(&"embed-ok"));
 
     let usage: Value = client
@@ -440,16 +595,47 @@ async fn embeddings_models_usage_health_and_metrics() {
         .await
         .unwrap();
     assert_eq!(usage["requests"], 1);
-    assert_eq!(dec(usage["spend"].as_str().unwrap()), cost + dec("0.01"), "hostile `ok` charges 0.01");
+    assert_eq!(
+        dec(usage["spend"].as_str().unwrap()),
+        cost + dec("0.01"),
+        "hostile `ok` charges 0.01"
+    );
 
     for path in ["/healthz", "/readyz"] {
-        assert_eq!(client.get(format!("{}{path}", gw.url)).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client
+                .get(format!("{}{path}", gw.url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
-    let metrics = client.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("tollgate_requests_total{endpoint=\"embeddings\",status=\"200\"} 1"), "{metrics}");
-    assert!(metrics.contains("tollgate_requests_total{endpoint=\"embeddings\",status=\"404\"} 1"), "{metrics}");
-    assert!(metrics.contains("tollgate_plugin_calls_total{plugin=\"hostile\""), "{metrics}");
-    assert!(metrics.contains("tollgate_usage_records_total 1"), "{metrics}");
+    let metrics = client
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tollgate_requests_total{endpoint=\"embeddings\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_requests_total{endpoint=\"embeddings\",status=\"404\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_plugin_calls_total{plugin=\"hostile\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_usage_records_total 1"),
+        "{metrics}"
+    );
     gw.stop().await;
 }
 
@@ -472,15 +658,139 @@ async fn spend_caps_and_prepaid_balances_refuse_before_the_provider() {
     // host default (100), far above a 1-cent cap.
     let mut body = chat("mini-ok", "hi");
     body["max_tokens"] = json!(10);
-    let r = gw.post("capped", "/v1/chat/completions").json(&body).send().await.unwrap();
+    let r = gw
+        .post("capped", "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let (status, error) = error_of(r).await;
-    assert_eq!((status, error["code"].as_str()), (429, Some("spend_cap_exceeded")));
-    let r = gw.post("prepaid", "/v1/chat/completions").json(&body).send().await.unwrap();
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (429, Some("spend_cap_exceeded"))
+    );
+    let r = gw
+        .post("prepaid", "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let (status, error) = error_of(r).await;
-    assert_eq!((status, error["code"].as_str()), (402, Some("insufficient_balance")));
-    assert_eq!(gw.mock.requests().len(), 0, "refused before any provider call");
-    ledger.top_up("prepaid", dec("500"), "topup-1", None).unwrap();
-    let r = gw.post("prepaid", "/v1/chat/completions").json(&body).send().await.unwrap();
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (402, Some("insufficient_balance"))
+    );
+    assert_eq!(
+        gw.mock.requests().len(),
+        0,
+        "refused before any provider call"
+    );
+    ledger
+        .top_up("prepaid", dec("500"), "topup-1", None)
+        .unwrap();
+    let r = gw
+        .post("prepaid", "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_a_spend_threshold_sends_one_signed_webhook() {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+    use std::sync::{Arc, Mutex};
+
+    let received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hooks/spend",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push((headers, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hooks/spend", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let secret = b"agency-a-webhook-secret".to_vec();
+    let gw = gateway::start_with(
+        vec![ClientSpec::new("acme", "hostile", "ok")],
+        Options {
+            webhooks: [(
+                "agency-a".to_owned(),
+                tollgate::config::WebhookSettings {
+                    url: hook_url,
+                    secret: secret.clone(),
+                },
+            )]
+            .into(),
+            default_surcharge_bound: dec("0.05"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut plan = gw.state.ledger.plan("acme").unwrap();
+    plan.monthly_cap = Some(dec("1.00"));
+    plan.alert_thresholds_pct = vec![1];
+    gw.state.ledger.set_plan(plan).unwrap();
+    // Each request costs a little over a cent (the hostile plugin's 0.01
+    // surcharge): the first crosses 1% of the cap, the second does not
+    // alert again.
+    for _ in 0..2 {
+        let mut body = chat("mini-ok", "hi");
+        body["max_tokens"] = json!(5);
+        let r = gw
+            .post("acme", "/v1/chat/completions")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let mut delivered = Vec::new();
+    for _ in 0..100 {
+        delivered = received.lock().unwrap().clone();
+        if !delivered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered_after = received.lock().unwrap().len();
+    assert_eq!(
+        (delivered.len(), delivered_after),
+        (1, 1),
+        "exactly one alert for the 1% threshold"
+    );
+    let (headers, body) = &delivered[0];
+    let signature = headers["x-tollgate-signature"].to_str().unwrap();
+    assert!(tollgate_ledger::verify_signature(&secret, body, signature));
+    assert!(!tollgate_ledger::verify_signature(
+        b"another-agency",
+        body,
+        signature
+    ));
+    let payload: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        (
+            payload["client_id"].as_str(),
+            payload["threshold_pct"].as_u64()
+        ),
+        (Some("acme"), Some(1))
+    );
+    let alerts = gw.state.ledger.alerts().unwrap();
+    assert_eq!(
+        alerts.len(),
+        1,
+        "the alert is visible through the reports too"
+    );
     gw.stop().await;
 }

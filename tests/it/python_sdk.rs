@@ -13,7 +13,11 @@ fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let venv = root().join("target/pyenv/bin/python");
-    if venv.is_file() { venv } else { PathBuf::from("python3") }
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,13 +40,21 @@ async fn the_official_openai_python_sdk_works_unmodified() {
             .env("TOLLGATE_API_KEY", key)
             .env("TOLLGATE_LEADS_KEY", leads_key)
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e} (run .ci/run once to install the SDK)", python.display()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e} (run .ci/run once to install the SDK)",
+                    python.display()
+                )
+            })
     })
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "pytest failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("6 passed"), "{stdout}");
     gw.stop().await;
 }

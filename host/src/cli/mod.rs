@@ -5,6 +5,7 @@
 
 pub mod plugin;
 pub mod plugin_build;
+pub mod report;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Write, check, run and test plugins locally, offline.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Usage, statements, payouts and settlement for a period.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 }
 
 /// `tollgate config …`.
@@ -132,6 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Report(cmd) => report::run(cmd),
     }
 }
 

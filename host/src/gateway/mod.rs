@@ -45,6 +45,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Background tasks (alert delivery) stopped with the server.
+    pub background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// The data-path router.

@@ -293,7 +293,15 @@ fn engine(limits: &RuntimeLimits) -> wasmtime::Result<Engine> {
         .max_memory_size(limits.memory_bytes)
         .table_elements(20_000);
     let mut config = wasmtime::Config::new();
+    // Reserve only what the memory cap allows (plus a small guard) instead
+    // of wasmtime's default 4 GiB per linear memory: with the pool's 2,000
+    // memory slots the default reserves ~8 TiB of address space per engine,
+    // which runs out when several engines live in one process (tests, a
+    // second runtime for tooling). The price is explicit bounds checks.
     config
+        .memory_reservation(u64::try_from(limits.memory_bytes).unwrap_or(u64::MAX))
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0)
         .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool))
         .epoch_interruption(true)
         .consume_fuel(limits.measure_fuel)

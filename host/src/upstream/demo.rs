@@ -133,7 +133,10 @@ fn embeddings(body: &Value, model: &str) -> Value {
             let embedding = if base64 {
                 // The OpenAI SDKs ask for little-endian f32s in base64 by default.
                 use base64::Engine as _;
-                let bytes: Vec<u8> = vector.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                let bytes: Vec<u8> = vector
+                    .iter()
+                    .flat_map(|x| (*x as f32).to_le_bytes())
+                    .collect();
                 Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
                 json!(vector)

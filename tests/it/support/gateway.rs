@@ -9,8 +9,8 @@ use std::time::Duration;
 use mock_upstream::MockUpstream;
 use rust_decimal::Decimal;
 use tollgate::config::{
-    CatalogEntry, ClientSettings, Config, Durability, KeySettings, LedgerSettings, ModelKind, PluginSettings,
-    ProviderKind, ProviderSettings, ServerSettings,
+    CatalogEntry, ClientSettings, Config, Durability, KeySettings, LedgerSettings, ModelKind,
+    PluginSettings, ProviderKind, ProviderSettings, ServerSettings,
 };
 use tollgate::gateway::AppState;
 use tollgate::gateway::tenancy::{APP_KEY_PREFIX, generate_key, hash_key};
@@ -133,6 +133,10 @@ pub struct Options {
     pub upstream_timeout: Duration,
     /// Ledger durability.
     pub durability: Durability,
+    /// Agencies' alert webhooks.
+    pub webhooks: BTreeMap<String, tollgate::config::WebhookSettings>,
+    /// Surcharge bound reserved when a plugin declares none.
+    pub default_surcharge_bound: Decimal,
 }
 
 impl Default for Options {
@@ -141,6 +145,8 @@ impl Default for Options {
             max_body_bytes: 256 << 10,
             upstream_timeout: Duration::from_millis(700),
             durability: Durability::Sync,
+            webhooks: BTreeMap::new(),
+            default_surcharge_bound: Decimal::ONE_HUNDRED,
         }
     }
 }
@@ -164,6 +170,7 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
             listen: "127.0.0.1:0".parse().unwrap(),
             max_body_bytes: options.max_body_bytes,
             operator_token_env: None,
+            alert_poll: std::time::Duration::from_millis(200),
         },
         ledger: LedgerSettings {
             data_dir: data.path().to_owned(),
@@ -176,7 +183,7 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
         plugins: PluginSettings {
             deadline: super::TEST_DEADLINE,
             memory_bytes: 32 << 20,
-            default_surcharge_bound: Decimal::ONE_HUNDRED,
+            default_surcharge_bound: options.default_surcharge_bound,
         },
         providers: vec![ProviderSettings {
             id: "mock".into(),
@@ -190,6 +197,7 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
         }],
         models: catalog(),
         agencies: [("agency-a".to_owned(), "Agency A".to_owned())].into(),
+        webhooks: options.webhooks.clone(),
         clients: clients
             .iter()
             .map(|c| ClientSettings {
@@ -199,6 +207,7 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
                 plugin_config: c.config.clone(),
                 failure_policy: c.policy,
                 models: None,
+                plan: None,
             })
             .collect(),
         keys: keys
@@ -214,9 +223,13 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
     let listener = tollgate::server::bind(config.server.listen).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tollgate::server::serve(state.clone(), listener, async move {
-        let _ = rx.await;
-    }));
+    let server = tokio::spawn(tollgate::server::serve(
+        state.clone(),
+        listener,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     TestGateway {
         url,
         state,
