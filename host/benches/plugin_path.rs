@@ -119,7 +119,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let runtime = PluginRuntime::new(RuntimeLimits::default(), PluginMetrics::default()).unwrap();
+    // A generous deadline: this measures the path, it does not enforce it,
+    // and a noisy machine must not turn a descheduled call into an error.
+    let limits = RuntimeLimits {
+        deadline: Duration::from_secs(1),
+        ..RuntimeLimits::default()
+    };
+    let runtime = PluginRuntime::new(limits, PluginMetrics::default()).unwrap();
     let plugin = rt.block_on(runtime.load(bytes)).unwrap();
 
     let names = [

@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() {
+    quiet_on_closed_stdout();
     let cli = tollgate::cli::Cli::parse();
     let code = match tollgate::cli::run(cli) {
         Ok(code) => code,
@@ -13,4 +14,23 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `tollgate report … | head` closes stdout early; `println!` then panics.
+/// Exit quietly as other Unix tools do (status 141, "killed by SIGPIPE")
+/// instead of printing a panic for a reader that left.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

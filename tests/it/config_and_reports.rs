@@ -48,6 +48,18 @@ fn config_check_names_the_file_key_and_reason() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The documented example configuration is valid as shipped.
+    let example = root().join("examples/gateway.toml");
+    let out = Command::new(tollgate_bin())
+        .args(["config", "check"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn usage(n: u32, client: &str, model: &str, cost: &str, surcharge: &str) -> UsageRecord {
