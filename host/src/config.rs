@@ -126,6 +126,7 @@ struct RawClient {
     failure_policy: Option<String>,
     models: Option<Vec<String>>,
     billing: Option<String>,
+    rate_limit_per_minute: Option<u32>,
     monthly_cap: Option<String>,
     alert_thresholds: Option<Vec<u32>>,
     included_per_period: Option<String>,
@@ -255,6 +256,8 @@ pub struct ClientSettings {
     pub models: Option<Vec<String>>,
     /// Billing, cap, alerts and included usage (`None`: leave the ledger's plan as is).
     pub plan: Option<PlanSettings>,
+    /// Most requests per minute (`None`: unlimited).
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 /// A client's commercial settings from the file.
@@ -718,6 +721,15 @@ impl Validator<'_> {
                 failure_policy,
                 models: c.models,
                 plan,
+                rate_limit_per_minute: match c.rate_limit_per_minute {
+                    Some(0) => {
+                        return Err(self.err(
+                            key("rate_limit_per_minute"),
+                            "must be at least 1 (leave it out for no limit)",
+                        ));
+                    }
+                    other => other,
+                },
             });
         }
         let mut keys = Vec::new();

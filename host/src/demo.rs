@@ -156,6 +156,7 @@ pub fn demo_config(
             failure_policy: FailurePolicy::FailClosed,
             models: None,
             plan: None,
+            rate_limit_per_minute: None,
         })
         .collect();
     let keys = credentials

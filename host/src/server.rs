@@ -154,6 +154,10 @@ pub async fn build_state(config: &Config) -> Result<Arc<AppState>, StartError> {
                 .models
                 .as_ref()
                 .map(|m| m.iter().cloned().collect::<HashSet<_>>()),
+            rate_limit: client
+                .rate_limit_per_minute
+                .and_then(std::num::NonZeroU32::new)
+                .map(crate::gateway::tenancy::RateLimit::per_minute),
         });
     }
     for key in &config.keys {

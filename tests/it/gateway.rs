@@ -794,3 +794,46 @@ async fn crossing_a_spend_threshold_sends_one_signed_webhook() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_limit_gets_429_before_anything_else() {
+    let gw = gateway::start(vec![
+        ClientSpec::new("limited", "hostile", "ok").rate_limited(2),
+        ClientSpec::new("free", "hostile", "ok"),
+    ])
+    .await;
+    for _ in 0..2 {
+        let r = gw
+            .post("limited", "/v1/chat/completions")
+            .json(&chat("mini-ok", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = gw
+        .post("limited", "/v1/chat/completions")
+        .json(&chat("mini-ok", "hi"))
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(r).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (429, Some("rate_limit_exceeded"))
+    );
+    assert_eq!(
+        records(&gw, "limited").len(),
+        2,
+        "the refused request left no record"
+    );
+    // Another client is not affected.
+    let r = gw
+        .post("free", "/v1/chat/completions")
+        .json(&chat("mini-ok", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}

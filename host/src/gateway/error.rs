@@ -99,6 +99,19 @@ impl ApiError {
         )
     }
 
+    /// Over the client's request rate.
+    pub fn rate_limited(per_minute: u32, wait: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            Some("rate_limit_exceeded"),
+            format!(
+                "rate limit of {per_minute} requests per minute reached; retry in {:.1} s",
+                wait.as_secs_f64().max(0.1)
+            ),
+        )
+    }
+
     /// An unknown route.
     pub fn no_route(method: &str, path: &str) -> Self {
         Self::new(

@@ -84,6 +84,9 @@ pub async fn prepare(
 ) -> Result<Prepared, ApiError> {
     let started_at = Utc::now();
     let client = &caller.client;
+    if let Some(limit) = &client.rate_limit {
+        limit.check()?;
+    }
     let offers = state
         .catalog
         .offers_for(client, model_kind(incoming.endpoint));

@@ -40,6 +40,37 @@ pub struct ClientEntry {
     pub binding: Arc<Binding>,
     /// Models the client may use; `None` means the whole catalog.
     pub models: Option<HashSet<String>>,
+    /// Requests-per-minute limit, shared by all the client's apps.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A client's request rate limit: a token bucket refilled continuously.
+pub struct RateLimit {
+    limiter: governor::DefaultDirectRateLimiter,
+    per_minute: u32,
+}
+
+impl RateLimit {
+    /// At most `per_minute` requests a minute, with bursts up to that many.
+    pub fn per_minute(per_minute: std::num::NonZeroU32) -> Self {
+        Self {
+            limiter: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
+            per_minute: per_minute.get(),
+        }
+    }
+
+    /// Takes one request's token, or says how long until one is free.
+    pub fn check(&self) -> Result<(), ApiError> {
+        match self.limiter.check() {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                Err(ApiError::rate_limited(self.per_minute, wait))
+            }
+        }
+    }
 }
 
 /// An app key's owner.

@@ -29,6 +29,8 @@ pub struct ClientSpec {
     pub config: String,
     /// Failure policy.
     pub policy: FailurePolicy,
+    /// Requests per minute.
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 impl ClientSpec {
@@ -39,7 +41,14 @@ impl ClientSpec {
             plugin,
             config: config.into(),
             policy: FailurePolicy::FailClosed,
+            rate_limit_per_minute: None,
         }
+    }
+
+    /// The same, limited to `n` requests a minute.
+    pub fn rate_limited(mut self, n: u32) -> Self {
+        self.rate_limit_per_minute = Some(n);
+        self
     }
 
     /// The same, fail-open.
@@ -208,6 +217,7 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
                 failure_policy: c.policy,
                 models: None,
                 plan: None,
+                rate_limit_per_minute: c.rate_limit_per_minute,
             })
             .collect(),
         keys: keys
