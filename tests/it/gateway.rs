@@ -162,12 +162,7 @@ async fn a_stream_passes_through_and_its_final_chunk_carries_usage_and_charges()
     let mut body = chat("mini-ok", "hello there");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let r = gw
-        .post("acme", "/v1/chat/completions")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("acme", &body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-type"), "text/event-stream");
     let events = sse_events(r).await;
@@ -203,12 +198,7 @@ async fn a_stream_passes_through_and_its_final_chunk_carries_usage_and_charges()
     // still asked the upstream for it and billed exactly.
     let mut body = chat("mini-ok", "hello there");
     body["stream"] = json!(true);
-    let r = gw
-        .post("acme", "/v1/chat/completions")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("acme", &body).await;
     let events = sse_events(r).await;
     assert!(
         events.iter().all(|e| !e.contains("\"usage\"")),
@@ -232,12 +222,7 @@ async fn upstream_5xx_and_timeouts_fall_back_down_the_route() {
             r#"{{"ticket_fee": "0", "margin_percent": "10", "cheap_model": "{cheap}", "strong_model": "pro-ok"}}"#
         );
         let gw = gateway::start(vec![ClientSpec::new("acme", "support-desk", config)]).await;
-        let r = gw
-            .post("acme", "/v1/chat/completions")
-            .json(&chat("pro-ok", "short question"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat("acme", &chat("pro-ok", "short question")).await;
         assert_eq!(r.status(), 200, "{cheap}");
         assert_eq!(
             header(&r, "x-tollgate-model"),
@@ -262,12 +247,7 @@ async fn when_every_attempt_fails_the_client_gets_502_and_one_zero_record() {
         ClientSpec::new("direct", "hostile", "ok"),
     ])
     .await;
-    let r = gw
-        .post("acme", "/v1/chat/completions")
-        .json(&chat("fail500-mini", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("acme", &chat("fail500-mini", "hi")).await;
     let (status, error) = error_of(r).await;
     assert_eq!(
         (status, error["code"].as_str()),
@@ -310,12 +290,7 @@ async fn a_client_that_disconnects_mid_stream_is_billed_for_what_it_got() {
     );
     let mut body = chat("stall-mini", "tell me a long story");
     body["stream"] = json!(true);
-    let r = gw
-        .post("acme", "/v1/chat/completions")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("acme", &body).await;
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let mut received = String::new();
@@ -337,12 +312,7 @@ async fn an_upstream_that_cuts_off_is_recorded_as_partial() {
     let gw = gateway::start(vec![ClientSpec::new("acme", "hostile", "ok")]).await;
     let mut body = chat("cutoff-pro", "go");
     body["stream"] = json!(true);
-    let r = gw
-        .post("acme", "/v1/chat/completions")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("acme", &body).await;
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap_or_default();
     assert!(
@@ -390,12 +360,7 @@ async fn plugin_failures_follow_the_bindings_failure_policy() {
     ])
     .await;
     // Route fails, fail-closed: refused before any provider, nothing recorded.
-    let r = gw
-        .post("closed", "/v1/chat/completions")
-        .json(&chat("mini-ok", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("closed", &chat("mini-ok", "hi")).await;
     let (status, error) = error_of(r).await;
     assert_eq!(
         (status, error["code"].as_str()),
@@ -411,12 +376,7 @@ async fn plugin_failures_follow_the_bindings_failure_policy() {
     assert!(records(&gw, "closed").is_empty());
 
     // Route fails, fail-open: served as requested, flagged, no surcharge.
-    let r = gw
-        .post("open", "/v1/chat/completions")
-        .json(&chat("mini-ok", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("open", &chat("mini-ok", "hi")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-tollgate-flags"), "fail_open");
     let rec = &records(&gw, "open")[0].record;
@@ -426,12 +386,7 @@ async fn plugin_failures_follow_the_bindings_failure_policy() {
 
     // Meter fails after the provider answered, fail-closed: an error, and a
     // record that bills the client nothing but keeps the provider cost.
-    let r = gw
-        .post("closed-meter", "/v1/chat/completions")
-        .json(&chat("mini-ok", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("closed-meter", &chat("mini-ok", "hi")).await;
     let (status, error) = error_of(r).await;
     assert_eq!(
         (status, error["code"].as_str()),
@@ -443,12 +398,7 @@ async fn plugin_failures_follow_the_bindings_failure_policy() {
     assert!(rec.provider_cost > Decimal::ZERO);
 
     // Price times out, fail-open: answer delivered, zero surcharge, flagged.
-    let r = gw
-        .post("open-price", "/v1/chat/completions")
-        .json(&chat("mini-ok", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("open-price", &chat("mini-ok", "hi")).await;
     assert_eq!(r.status(), 200);
     let rec = &records(&gw, "open-price")[0].record;
     assert!(rec.flags.fail_open && rec.surcharge.is_zero());
@@ -517,12 +467,7 @@ async fn bad_keys_malformed_and_oversized_bodies_get_clear_errors() {
     let mut body = chat("mini-ok", "hi");
     body["logit_bias"] = json!({"42": 1});
     body["x_vendor_flag"] = json!(true);
-    let r = gw
-        .post("acme", "/v1/chat/completions")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("acme", &body).await;
     assert_eq!(r.status(), 200);
     let sent = gw.mock.requests().pop().unwrap();
     assert_eq!(sent.body["x_vendor_flag"], json!(true));
@@ -658,23 +603,13 @@ async fn spend_caps_and_prepaid_balances_refuse_before_the_provider() {
     // host default (100), far above a 1-cent cap.
     let mut body = chat("mini-ok", "hi");
     body["max_tokens"] = json!(10);
-    let r = gw
-        .post("capped", "/v1/chat/completions")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("capped", &body).await;
     let (status, error) = error_of(r).await;
     assert_eq!(
         (status, error["code"].as_str()),
         (429, Some("spend_cap_exceeded"))
     );
-    let r = gw
-        .post("prepaid", "/v1/chat/completions")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("prepaid", &body).await;
     let (status, error) = error_of(r).await;
     assert_eq!(
         (status, error["code"].as_str()),
@@ -688,12 +623,7 @@ async fn spend_caps_and_prepaid_balances_refuse_before_the_provider() {
     ledger
         .top_up("prepaid", dec("500"), "topup-1", None)
         .unwrap();
-    let r = gw
-        .post("prepaid", "/v1/chat/completions")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("prepaid", &body).await;
     assert_eq!(r.status(), 200);
     gw.stop().await;
 }
@@ -747,12 +677,7 @@ async fn crossing_a_spend_threshold_sends_one_signed_webhook() {
     for _ in 0..2 {
         let mut body = chat("mini-ok", "hi");
         body["max_tokens"] = json!(5);
-        let r = gw
-            .post("acme", "/v1/chat/completions")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat("acme", &body).await;
         assert_eq!(r.status(), 200);
     }
     let mut delivered = Vec::new();
@@ -803,20 +728,10 @@ async fn a_client_over_its_rate_limit_gets_429_before_anything_else() {
     ])
     .await;
     for _ in 0..2 {
-        let r = gw
-            .post("limited", "/v1/chat/completions")
-            .json(&chat("mini-ok", "hi"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat("limited", &chat("mini-ok", "hi")).await;
         assert_eq!(r.status(), 200);
     }
-    let r = gw
-        .post("limited", "/v1/chat/completions")
-        .json(&chat("mini-ok", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("limited", &chat("mini-ok", "hi")).await;
     let (status, error) = error_of(r).await;
     assert_eq!(
         (status, error["code"].as_str()),
@@ -828,12 +743,7 @@ async fn a_client_over_its_rate_limit_gets_429_before_anything_else() {
         "the refused request left no record"
     );
     // Another client is not affected.
-    let r = gw
-        .post("free", "/v1/chat/completions")
-        .json(&chat("mini-ok", "hi"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("free", &chat("mini-ok", "hi")).await;
     assert_eq!(r.status(), 200);
     gw.stop().await;
 }

@@ -86,6 +86,15 @@ impl TestGateway {
             .bearer_auth(self.key(client))
     }
 
+    /// Sends a chat completion as client `id`.
+    pub async fn chat(&self, client: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.post(client, "/v1/chat/completions")
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Stops the server and waits for in-flight work to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
