@@ -217,9 +217,15 @@ pub(crate) fn validate(r: &UsageRecord) -> Result<(), LedgerError> {
             )));
         }
     }
-    if r.provider_cost + r.surcharge != r.total_charged {
+    // Normal: the client pays provider cost plus surcharge. Absorbed: the
+    // provider call succeeded (its cost is owed) but the request failed and the
+    // client is billed nothing, so the operator absorbs the provider cost.
+    let normal = r.provider_cost + r.surcharge == r.total_charged;
+    let absorbed = r.flags.failed && r.surcharge.is_zero() && r.total_charged.is_zero();
+    if !normal && !absorbed {
         return Err(invalid(format!(
-            "total_charged {} != provider_cost {} + surcharge {}",
+            "total_charged {} != provider_cost {} + surcharge {} (only a failed record \
+             with zero surcharge may charge nothing)",
             r.total_charged, r.provider_cost, r.surcharge
         )));
     }
@@ -1187,6 +1193,68 @@ pub(crate) fn run_flusher(sh: Arc<Shared>, stop: flume::Receiver<()>, every: std
     while let Err(flume::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
         if sh.dirty.swap(false, Ordering::AcqRel) {
             let _ = flush(&sh);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::{PluginRef, RecordFlags, Tokens};
+
+    fn rec(cost: i64, surcharge: i64, total: i64, failed: bool) -> UsageRecord {
+        let t = DateTime::from_timestamp(1_736_500_000, 0).unwrap();
+        UsageRecord {
+            idempotency_key: "k".into(),
+            request_id: "r".into(),
+            agency_id: "a".into(),
+            client_id: "c".into(),
+            app_id: None,
+            end_user_id: None,
+            started_at: t,
+            finished_at: t,
+            requested_model: "m".into(),
+            requested_provider: None,
+            routed_model: "m".into(),
+            routed_provider: "p".into(),
+            tokens: Tokens::default(),
+            provider_cost: Decimal::new(cost, 2),
+            price_version: "v".into(),
+            surcharge: Decimal::new(surcharge, 2),
+            total_charged: Decimal::new(total, 2),
+            units: BTreeMap::new(),
+            plugin: PluginRef::default(),
+            flags: RecordFlags {
+                failed,
+                ..RecordFlags::default()
+            },
+            reservation_id: None,
+        }
+    }
+
+    #[test]
+    fn validation_accepts_normal_and_absorbed_records_only() {
+        // (cost, surcharge, total, failed) -> accepted?
+        let cases = [
+            ((100, 20, 120, false), true),
+            ((100, 20, 120, true), true),
+            ((0, 0, 0, false), true),
+            ((100, 0, 0, true), true),
+            ((100, 0, 0, false), false),
+            ((100, 20, 0, true), false),
+            ((100, 0, 50, true), false),
+            ((100, 20, 20, true), false),
+            ((100, 20, 100, false), false),
+            ((100, 0, 101, true), false),
+        ];
+        for ((c, s, t, f), ok) in cases {
+            let r = rec(c, s, t, f);
+            assert_eq!(validate(&r).is_ok(), ok, "{c} {s} {t} {f}");
+            if ok {
+                assert_eq!(r.is_absorbed(), c != 0 && t == 0);
+                assert_eq!(r.charged_provider_cost() + r.surcharge, r.total_charged);
+            }
         }
     }
 }

@@ -67,7 +67,8 @@ pub struct UsageRecord {
     pub price_version: String,
     /// The agency's margin.
     pub surcharge: Decimal,
-    /// Charged to the client; must equal `provider_cost + surcharge`.
+    /// Charged to the client: `provider_cost + surcharge`, or zero for an
+    /// absorbed record (see [`UsageRecord::is_absorbed`]).
     pub total_charged: Decimal,
     /// Business units metered by the plugin: unit name -> quantity.
     pub units: BTreeMap<String, Decimal>,
@@ -75,6 +76,27 @@ pub struct UsageRecord {
     pub flags: RecordFlags,
     /// The reservation this usage settles, if one was made.
     pub reservation_id: Option<ReservationId>,
+}
+
+impl UsageRecord {
+    /// Provider cost the client is not charged for: `provider_cost + surcharge −
+    /// total_charged`. Zero for normal records; the whole provider cost for an
+    /// absorbed record (failed, nothing charged), negative for its reversal.
+    pub fn absorbed_cost(&self) -> Decimal {
+        self.provider_cost + self.surcharge - self.total_charged
+    }
+
+    /// The provider was paid but the client is billed nothing (an agency plugin
+    /// failed under `fail-closed`): `flags.failed`, zero surcharge, zero
+    /// `total_charged`, non-zero provider cost. The operator absorbs the cost.
+    pub fn is_absorbed(&self) -> bool {
+        !self.absorbed_cost().is_zero()
+    }
+
+    /// Provider cost the client is charged for (`provider_cost − absorbed_cost`).
+    pub fn charged_provider_cost(&self) -> Decimal {
+        self.provider_cost - self.absorbed_cost()
+    }
 }
 
 /// Position of a stored record: its period and ledger-wide sequence number.
@@ -240,9 +262,18 @@ pub struct Totals {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cached_tokens: i64,
+    /// Every record's provider cost, absorbed or not (what the provider is owed).
     pub provider_cost: Decimal,
     pub surcharge: Decimal,
+    /// Charged to clients: `provider_cost − absorbed + surcharge`.
     pub total: Decimal,
+    /// Provider cost of absorbed records (charged to nobody; the operator's loss).
+    /// Part of `provider_cost`, not of `total`.
+    #[serde(default)]
+    pub absorbed: Decimal,
+    /// Absorbed records among `requests` (signed, like `requests`).
+    #[serde(default)]
+    pub absorbed_requests: i64,
     /// Units metered (only in per-unit aggregates).
     pub quantity: Decimal,
     /// Credits drawn (only in per-client aggregates).
@@ -258,8 +289,15 @@ impl Totals {
         self.provider_cost += o.provider_cost;
         self.surcharge += o.surcharge;
         self.total += o.total;
+        self.absorbed += o.absorbed;
+        self.absorbed_requests += o.absorbed_requests;
         self.quantity += o.quantity;
         self.credits_applied += o.credits_applied;
+    }
+
+    /// Provider cost charged to clients: `provider_cost − absorbed`.
+    pub fn charged_provider_cost(&self) -> Decimal {
+        self.provider_cost - self.absorbed
     }
 
     /// Equal as amounts (Decimal equality ignores scale, `1.0 == 1.00`).
@@ -282,6 +320,8 @@ pub fn contributions(r: &StoredRecord) -> Vec<(AggKey, Totals)> {
         provider_cost: u.provider_cost,
         surcharge: u.surcharge,
         total: u.total_charged,
+        absorbed: u.absorbed_cost(),
+        absorbed_requests: if u.is_absorbed() { s } else { 0 },
         quantity: Decimal::ZERO,
         credits_applied: Decimal::ZERO,
     };
@@ -518,4 +558,21 @@ pub struct RecordQuery {
     pub unit: Option<String>,
     pub cursor: Option<String>,
     pub limit: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn totals_stored_before_absorbed_costs_existed_still_read() {
+        let old = r#"{"requests":2,"input_tokens":1,"output_tokens":1,"cached_tokens":0,
+            "provider_cost":"1.5","surcharge":"0.5","total":"2","quantity":"0",
+            "credits_applied":"0"}"#;
+        let t: Totals = serde_json::from_str(old).unwrap();
+        assert_eq!(t.absorbed, Decimal::ZERO);
+        assert_eq!(t.absorbed_requests, 0);
+        assert_eq!(t.charged_provider_cost(), Decimal::new(15, 1));
+    }
 }

@@ -149,6 +149,9 @@ impl Report for Statement {
             w,
             self.rounding_difference.to_string(),
         ));
+        let mut unbilled = summary("unbilled_requests", w, String::new());
+        unbilled[2] = self.unbilled_requests.to_string();
+        rows.push(unbilled);
         rows.push(summary(
             "credits_applied",
             w,
@@ -196,8 +199,16 @@ impl Report for Settlement {
         format!("Provider settlement — {} ({})", self.period, self.currency)
     }
 
+    /// `absorbed` (provider cost charged to no client) is part of `provider_cost`.
     fn header(&self) -> Vec<&'static str> {
-        vec!["kind", "provider", "requests", "provider_cost"]
+        vec![
+            "kind",
+            "provider",
+            "requests",
+            "absorbed_requests",
+            "absorbed",
+            "provider_cost",
+        ]
     }
 
     fn rows(&self) -> Vec<Vec<String>> {
@@ -209,15 +220,21 @@ impl Report for Settlement {
                     "provider".into(),
                     l.provider.clone(),
                     l.requests.to_string(),
+                    l.absorbed_requests.to_string(),
+                    l.absorbed.to_string(),
                     l.provider_cost.to_string(),
                 ]
             })
             .collect();
-        rows.push(summary("total", 4, self.total.to_string()));
-        rows.push(summary("exact_total", 4, self.exact_total.to_string()));
+        let mut total = summary("total", 6, self.total.to_string());
+        total[4] = self.absorbed.to_string();
+        rows.push(total);
+        let mut exact = summary("exact_total", 6, self.exact_total.to_string());
+        exact[4] = self.exact_absorbed.to_string();
+        rows.push(exact);
         rows.push(summary(
             "rounding_difference",
-            4,
+            6,
             self.rounding_difference.to_string(),
         ));
         rows

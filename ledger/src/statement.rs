@@ -5,6 +5,11 @@
 //! units, half away from zero; a line's total is its rounded provider cost plus
 //! its rounded surcharge; a document's total is the sum of its rounded lines.
 //! The unrounded exact total is carried alongside, with the difference explicit.
+//!
+//! Absorbed records (failed after the provider answered; the client is charged
+//! nothing) count in requests and in what providers are owed, never in what a
+//! client is billed: statement and usage-report money columns are the
+//! *charged* amounts, and the settlement shows the absorbed provider cost apart.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -23,15 +28,19 @@ pub struct StatementLine {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cached_tokens: i64,
+    /// Requests of this line that were recorded but not charged (absorbed:
+    /// failed after the provider answered). Included in `requests`.
+    pub unbilled_requests: i64,
+    /// Provider cost charged to the client (absorbed provider cost excluded).
     pub provider_cost: Decimal,
     pub surcharge: Decimal,
-    /// `provider_cost + surcharge` of this line.
+    /// `provider_cost + surcharge` of this line: what the client is charged.
     pub total: Decimal,
 }
 
 impl StatementLine {
     fn new(model: String, t: &Totals, c: Currency) -> StatementLine {
-        let provider_cost = c.round(t.provider_cost);
+        let provider_cost = c.round(t.charged_provider_cost());
         let surcharge = c.round(t.surcharge);
         StatementLine {
             model,
@@ -39,6 +48,7 @@ impl StatementLine {
             input_tokens: t.input_tokens,
             output_tokens: t.output_tokens,
             cached_tokens: t.cached_tokens,
+            unbilled_requests: t.absorbed_requests,
             provider_cost,
             surcharge,
             total: provider_cost + surcharge,
@@ -54,6 +64,7 @@ pub struct UnitLine {
     pub unit: String,
     pub quantity: Decimal,
     pub requests: i64,
+    /// Provider cost charged to the client (absorbed provider cost excluded).
     pub provider_cost: Decimal,
     pub surcharge: Decimal,
     pub total: Decimal,
@@ -69,11 +80,13 @@ pub struct Statement {
     pub lines: Vec<StatementLine>,
     pub units: Vec<UnitLine>,
     pub requests: i64,
-    /// Σ line provider costs.
+    /// Σ line unbilled requests (absorbed records; part of `requests`).
+    pub unbilled_requests: i64,
+    /// Σ line provider costs (charged provider cost; absorbed cost excluded).
     pub provider_cost: Decimal,
     /// Σ line surcharges.
     pub surcharge: Decimal,
-    /// Σ line totals.
+    /// Σ line totals = `provider_cost + surcharge`: what the client is charged.
     pub total: Decimal,
     /// The same sum before any rounding.
     pub exact_total: Decimal,
@@ -118,7 +131,13 @@ pub struct Payout {
 pub struct SettlementLine {
     pub provider: String,
     pub requests: i64,
+    /// Requests whose provider cost no client was charged (part of `requests`).
+    pub absorbed_requests: i64,
+    /// Owed to the provider: every record's provider cost, absorbed or not.
     pub provider_cost: Decimal,
+    /// The part of `provider_cost` that no client was charged (rounded): the
+    /// operator's loss. `provider_cost − absorbed` was charged to clients.
+    pub absorbed: Decimal,
 }
 
 /// Provider costs for a period.
@@ -127,9 +146,14 @@ pub struct Settlement {
     pub period: Period,
     pub currency: Currency,
     pub lines: Vec<SettlementLine>,
+    /// Σ line provider costs: owed to providers.
     pub total: Decimal,
     pub exact_total: Decimal,
     pub rounding_difference: Decimal,
+    /// Σ line absorbed: provider cost the operator absorbs (charged to nobody).
+    pub absorbed: Decimal,
+    /// The same sum before rounding.
+    pub exact_absorbed: Decimal,
 }
 
 /// Usage per model for a period (one client, or all clients).
@@ -182,7 +206,7 @@ pub(crate) fn statement(
         period,
     })? {
         if let AggKey::ClientUnit { unit, .. } = k {
-            let provider_cost = c.round(t.provider_cost);
+            let provider_cost = c.round(t.charged_provider_cost());
             let surcharge = c.round(t.surcharge);
             units.push(UnitLine {
                 unit,
@@ -200,6 +224,7 @@ pub(crate) fn statement(
             period,
         })?
         .unwrap_or_default();
+    let unbilled_requests: i64 = lines.iter().map(|l| l.unbilled_requests).sum();
     let provider_cost: Decimal = lines.iter().map(|l| l.provider_cost).sum();
     let surcharge: Decimal = lines.iter().map(|l| l.surcharge).sum();
     let total: Decimal = lines.iter().map(|l| l.total).sum();
@@ -216,6 +241,7 @@ pub(crate) fn statement(
         period,
         currency: c,
         requests: exact.requests,
+        unbilled_requests,
         provider_cost,
         surcharge,
         total,
@@ -284,17 +310,22 @@ pub(crate) fn settlement(
 ) -> Result<Settlement, LedgerError> {
     let mut lines = Vec::new();
     let mut exact_total = Decimal::ZERO;
+    let mut exact_absorbed = Decimal::ZERO;
     for (k, t) in store.scan_aggregates(&AggScan::Providers { period })? {
         if let AggKey::Provider { provider, .. } = k {
             exact_total += t.provider_cost;
+            exact_absorbed += t.absorbed;
             lines.push(SettlementLine {
                 provider,
                 requests: t.requests,
+                absorbed_requests: t.absorbed_requests,
                 provider_cost: c.round(t.provider_cost),
+                absorbed: c.round(t.absorbed),
             });
         }
     }
     let total: Decimal = lines.iter().map(|l| l.provider_cost).sum();
+    let absorbed: Decimal = lines.iter().map(|l| l.absorbed).sum();
     Ok(Settlement {
         period,
         currency: c,
@@ -302,6 +333,8 @@ pub(crate) fn settlement(
         total,
         exact_total,
         rounding_difference: total - exact_total,
+        absorbed,
+        exact_absorbed,
     })
 }
 

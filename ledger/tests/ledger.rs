@@ -1035,3 +1035,235 @@ fn periods_follow_the_configured_timezone_end_to_end() {
     assert_eq!(o.record().id.period, p("2025-02"));
     assert!(o.record().late_adjustment);
 }
+
+/// A request whose provider call succeeded but whose plugin then failed
+/// (fail-closed): the provider is owed `cost`, the client is charged nothing.
+fn absorbed(key: &str, client: &str, cost: &str) -> UsageRecord {
+    let mut r = rec(key, client, cost, "0");
+    r.flags.failed = true;
+    r.total_charged = Decimal::ZERO;
+    r
+}
+
+#[test]
+fn only_failed_records_with_zero_surcharge_and_zero_charge_may_skip_the_provider_cost() {
+    let (l, _) = ledger_at("2025-01-10T12:00:00Z");
+    let ok = absorbed("ok", "c1", "0.75");
+    assert!(ok.is_absorbed());
+    assert_eq!(ok.absorbed_cost(), d("0.75"));
+    assert_eq!(ok.charged_provider_cost(), d("0"));
+    assert!(!l.record(ok).unwrap().is_duplicate());
+    // A failed record may still be billed normally.
+    let mut failed_billed = rec("billed", "c1", "1", "0.5");
+    failed_billed.flags.failed = true;
+    assert!(!failed_billed.is_absorbed());
+    assert!(!l.record(failed_billed).unwrap().is_duplicate());
+
+    let mut not_failed = absorbed("not-failed", "c1", "1");
+    not_failed.flags.failed = false;
+    let mut with_surcharge = absorbed("surcharge", "c1", "1");
+    with_surcharge.surcharge = d("0.2");
+    let mut partly_charged = absorbed("partly", "c1", "1");
+    partly_charged.total_charged = d("0.4");
+    let mut surcharge_only = absorbed("surcharge-only", "c1", "1");
+    surcharge_only.surcharge = d("0.2");
+    surcharge_only.total_charged = d("0.2");
+    let mut fail_open = absorbed("fail-open", "c1", "1");
+    fail_open.flags.failed = false;
+    fail_open.flags.fail_open = true;
+    for r in [
+        not_failed,
+        with_surcharge,
+        partly_charged,
+        surcharge_only,
+        fail_open,
+    ] {
+        let key = r.idempotency_key.clone();
+        assert!(
+            matches!(l.record(r), Err(LedgerError::InvalidRecord(_))),
+            "{key}"
+        );
+    }
+    let u = l.usage_so_far("c1", p("2025-01")).unwrap();
+    assert_eq!(u.requests, 2);
+    assert_eq!(u.spend, d("1.5"));
+    assert!(l.verify().unwrap().is_consistent());
+}
+
+#[test]
+fn absorbed_records_add_nothing_to_the_statement_and_draw_no_credit() {
+    let (l, _) = ledger_at("2025-01-10T12:00:00Z");
+    let mut plan = ClientPlan::default_for("c1");
+    plan.included_per_period = d("1");
+    l.set_plan(plan).unwrap();
+    l.top_up("c1", d("10"), "tu", None).unwrap();
+    l.record(rec("a", "c1", "1.004", "0.5")).unwrap();
+    let o = l.record(absorbed("b", "c1", "3.333")).unwrap();
+    assert!(o.record().credits_applied.is_empty());
+    let mut other_model = absorbed("c", "c1", "2");
+    other_model.routed_model = "claude".into();
+    l.record(other_model).unwrap();
+
+    // 1.504 drawn: 1 from included usage, 0.504 from the top-up.
+    assert_eq!(l.balance("c1").unwrap().total, d("9.496"));
+    let consumed: Decimal = l
+        .credit_entries("c1")
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == CreditEntryKind::Consumption)
+        .map(|e| e.amount)
+        .sum();
+    assert_eq!(consumed, d("-1.504"));
+
+    let st = l.statement("c1", p("2025-01")).unwrap();
+    let lines: Vec<_> = st
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.model.as_str(),
+                l.requests,
+                l.unbilled_requests,
+                l.provider_cost,
+                l.surcharge,
+                l.total,
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("claude", 1, 1, d("0.00"), d("0.00"), d("0.00")),
+            ("gpt-4o", 2, 1, d("1.00"), d("0.50"), d("1.50")),
+        ]
+    );
+    assert_eq!(st.requests, 3);
+    assert_eq!(st.unbilled_requests, 2);
+    assert_eq!(st.provider_cost, d("1.00"));
+    assert_eq!(st.total, st.provider_cost + st.surcharge);
+    assert_eq!(st.exact_total, d("1.504"));
+    assert_eq!(st.credits_applied, d("1.50"));
+    assert_eq!(st.amount_due, d("0"));
+    let u = l.usage_so_far("c1", p("2025-01")).unwrap();
+    assert_eq!((u.requests, u.spend), (3, d("1.504")));
+    let report = l.usage_report(p("2025-01"), None).unwrap();
+    assert_eq!(report.exact_total, d("1.504"));
+    assert_eq!(report.total, d("1.50"));
+    let csv = render(&st, Format::Csv).unwrap();
+    assert!(csv.contains("unbilled_requests,,2,"), "{csv}");
+    assert!(l.verify().unwrap().is_consistent());
+}
+
+#[test]
+fn spend_caps_and_alerts_count_only_what_the_client_is_charged() {
+    let (l, _) = ledger_at("2025-01-10T12:00:00Z");
+    let mut plan = ClientPlan::default_for("c1");
+    plan.monthly_cap = Some(d("10"));
+    l.set_plan(plan).unwrap();
+    let r = l.reserve("c1", d("4")).unwrap();
+    let mut big = absorbed("big", "c1", "100");
+    big.reservation_id = Some(r.id);
+    l.record(big).unwrap();
+    assert_eq!(
+        l.outstanding("c1").unwrap(),
+        d("0"),
+        "settled by the record"
+    );
+    assert!(l.alerts().unwrap().is_empty());
+    // The full cap is still available.
+    l.reserve("c1", d("10")).unwrap();
+    assert!(matches!(
+        l.reserve("c1", d("0.01")),
+        Err(LedgerError::CapExceeded { .. })
+    ));
+}
+
+#[test]
+fn settlement_owes_absorbed_provider_cost_and_shows_it_while_payouts_ignore_it() {
+    let (l, clock) = ledger_at("2025-01-10T12:00:00Z");
+    l.record(rec("a", "c1", "1", "2.345")).unwrap();
+    l.record(absorbed("b", "c1", "0.005")).unwrap();
+    l.record(absorbed("c", "c2", "4")).unwrap();
+    let mut other = absorbed("d", "c2", "2");
+    other.routed_provider = "bedrock".into();
+    l.record(other).unwrap();
+    let jan = p("2025-01");
+
+    let s = l.settlement(jan).unwrap();
+    let lines: Vec<_> = s
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.provider.as_str(),
+                l.requests,
+                l.absorbed_requests,
+                l.provider_cost,
+                l.absorbed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        // Store key order: length-prefixed names, so shorter names first.
+        vec![
+            ("openai", 3, 2, d("5.01"), d("4.01")),
+            ("bedrock", 1, 1, d("2.00"), d("2.00")),
+        ]
+    );
+    assert_eq!(s.total, d("7.01"));
+    assert_eq!(s.exact_total, d("7.005"));
+    assert_eq!(s.absorbed, d("6.01"));
+    assert_eq!(s.exact_absorbed, d("6.005"));
+    let csv = render(&s, Format::Csv).unwrap();
+    assert!(
+        csv.starts_with("kind,provider,requests,absorbed_requests,absorbed,provider_cost\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("provider,openai,3,2,4.01,5.01\n"), "{csv}");
+    assert!(csv.contains("total,,,,6.01,7.01\n"), "{csv}");
+
+    clock.set(t("2025-03-01T00:00:00Z"));
+    let po = l.payout("agency-1", jan).unwrap();
+    let lines: Vec<_> = po
+        .lines
+        .iter()
+        .map(|l| (l.client_id.as_str(), l.requests, l.surcharge))
+        .collect();
+    assert_eq!(lines, vec![("c1", 2, d("2.35")), ("c2", 2, d("0.00"))]);
+    assert_eq!(po.earnings, d("2.35"));
+    assert_eq!(po.exact_earnings, d("2.345"));
+}
+
+#[test]
+fn an_absorbed_record_can_be_reversed_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t("2025-01-10T12:00:00Z"));
+    let cfg = || LedgerConfig {
+        path: Some(dir.path().to_path_buf()),
+        clock: clock.clock(),
+        ..LedgerConfig::default()
+    };
+    {
+        let l = Ledger::open(cfg()).unwrap();
+        l.record(rec("a", "c1", "1", "0.5")).unwrap();
+        l.record(absorbed("b", "c1", "3")).unwrap();
+        l.record(absorbed("c", "c1", "2")).unwrap();
+        let rev = l.reverse("b", "provider refunded").unwrap();
+        let rr = rev.record();
+        assert_eq!(rr.record.provider_cost, d("-3"));
+        assert_eq!(rr.record.total_charged, d("0"));
+        assert!(rr.credits_applied.is_empty());
+        assert!(l.reverse("b", "again").unwrap().is_duplicate());
+    }
+    let l = Ledger::open(cfg()).unwrap();
+    let v = l.verify().unwrap();
+    assert!(v.is_consistent(), "{:?}", v.problems);
+    assert_eq!(v.records, 4);
+    let s = l.settlement(p("2025-01")).unwrap();
+    assert_eq!((s.lines[0].requests, s.lines[0].absorbed_requests), (2, 1));
+    assert_eq!((s.exact_total, s.exact_absorbed), (d("3"), d("2")));
+    let st = l.statement("c1", p("2025-01")).unwrap();
+    assert_eq!((st.requests, st.unbilled_requests), (2, 1));
+    assert_eq!(st.exact_total, d("1.5"));
+}

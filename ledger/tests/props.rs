@@ -2,6 +2,9 @@
 //! clients equal agency earnings, payout = earnings − fee, every balance equals
 //! the sum of its entries, and re-aggregating the records from scratch gives the
 //! running aggregates. A plain in-test model checks the ledger's arithmetic.
+//! Some records are absorbed (failed, provider paid, client charged nothing):
+//! they never reach a client's bill or credit, and the provider settlement
+//! equals the client-charged provider cost plus the absorbed cost.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code may panic on setup failure
 
 mod common;
@@ -28,6 +31,8 @@ enum Op {
         surcharge: Decimal,
         units: Vec<(usize, Decimal)>,
         day: u32,
+        /// Failed after the provider answered: surcharge and charge are zero.
+        absorbed: bool,
     },
     /// Re-send an earlier record (same key).
     Retry(usize),
@@ -54,8 +59,9 @@ fn op() -> impl Strategy<Value = Op> {
             amount(),
             proptest::collection::vec((0..UNITS.len(), amount()), 0..3),
             1u32..=28,
+            proptest::bool::weighted(0.25),
         )
-            .prop_map(|(client, model, provider, cost, surcharge, units, day)| Op::Record {
+            .prop_map(|(client, model, provider, cost, surcharge, units, day, absorbed)| Op::Record {
                 client,
                 model,
                 provider,
@@ -63,6 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
                 surcharge,
                 units,
                 day,
+                absorbed,
             }),
         1 => any::<prop::sample::Index>().prop_map(|i| Op::Retry(i.index(1 << 16))),
         1 => any::<prop::sample::Index>().prop_map(|i| Op::Reverse(i.index(1 << 16))),
@@ -88,14 +95,36 @@ fn jan(day: u32) -> chrono::DateTime<chrono::Utc> {
     t(&format!("2025-01-{day:02}T12:00:00Z"))
 }
 
-/// What the model expects per client: (requests, total spend, surcharge, provider cost, units).
+/// What the model expects per client.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Expect {
     requests: i64,
     total: Decimal,
     surcharge: Decimal,
+    /// Provider cost charged to the client.
     cost: Decimal,
+    /// Provider cost of absorbed records (charged to nobody).
+    absorbed: Decimal,
+    absorbed_requests: i64,
     units: BTreeMap<String, Decimal>,
+}
+
+impl Expect {
+    fn add(&mut self, r: &UsageRecord, sign: i64) {
+        let s = Decimal::from(sign);
+        self.requests += sign;
+        self.total += s * r.total_charged;
+        self.surcharge += s * r.surcharge;
+        if r.total_charged.is_zero() && !r.provider_cost.is_zero() {
+            self.absorbed += s * r.provider_cost;
+            self.absorbed_requests += sign;
+        } else {
+            self.cost += s * r.provider_cost;
+        }
+        for (u, q) in &r.units {
+            *self.units.entry(u.clone()).or_default() += s * q;
+        }
+    }
 }
 
 fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
@@ -131,6 +160,7 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
                 surcharge,
                 units,
                 day,
+                absorbed,
             } => {
                 clock.set(jan(*day).max(clock.now()));
                 let key = format!("k{}", sent.len());
@@ -139,8 +169,14 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
                 r.routed_model = MODELS[*model].into();
                 r.routed_provider = PROVIDERS[*provider].into();
                 r.provider_cost = *cost;
-                r.surcharge = *surcharge;
-                r.total_charged = cost + surcharge;
+                if *absorbed {
+                    r.flags.failed = true;
+                    r.surcharge = Decimal::ZERO;
+                    r.total_charged = Decimal::ZERO;
+                } else {
+                    r.surcharge = *surcharge;
+                    r.total_charged = cost + surcharge;
+                }
                 r.finished_at = jan(*day);
                 r.started_at = jan(*day);
                 for (u, q) in units {
@@ -148,14 +184,13 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
                 }
                 let o = l.record(r.clone()).unwrap();
                 assert!(!o.is_duplicate());
-                let e = expect.entry(client(*c)).or_default();
-                e.requests += 1;
-                e.total += r.total_charged;
-                e.surcharge += r.surcharge;
-                e.cost += r.provider_cost;
-                for (u, q) in &r.units {
-                    *e.units.entry(u.clone()).or_default() += q;
+                if *absorbed {
+                    assert!(
+                        o.record().credits_applied.is_empty(),
+                        "an absorbed record draws no credit"
+                    );
                 }
+                expect.entry(client(*c)).or_default().add(&r, 1);
                 sent.push(r);
             }
             Op::Retry(i) if !sent.is_empty() => {
@@ -170,14 +205,7 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
                 let o = l.reverse(&r.idempotency_key, "prop").unwrap();
                 assert_eq!(o.is_duplicate(), !reversed.insert(idx));
                 if !o.is_duplicate() {
-                    let e = expect.entry(r.client_id.clone()).or_default();
-                    e.requests -= 1;
-                    e.total -= r.total_charged;
-                    e.surcharge -= r.surcharge;
-                    e.cost -= r.provider_cost;
-                    for (u, q) in &r.units {
-                        *e.units.entry(u.clone()).or_default() -= q;
-                    }
+                    expect.entry(r.client_id.clone()).or_default().add(r, -1);
                 }
             }
             Op::TopUp {
@@ -215,6 +243,10 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
     let mut billed_surcharge: HashMap<String, Decimal> = HashMap::new();
     let mut exact_surcharge: HashMap<String, Decimal> = HashMap::new();
     let mut exact_cost_all = Decimal::ZERO;
+    let mut exact_absorbed_all = Decimal::ZERO;
+    let mut absorbed_requests_all = 0i64;
+    let mut billed_cost_all = Decimal::ZERO;
+    let mut statement_lines = 0usize;
     for c in 0..CLIENTS {
         let name = client(c);
         let want = expect.get(&name).cloned().unwrap_or_default();
@@ -239,6 +271,12 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
         let bound = half_unit * Decimal::from(2 * st.lines.len().max(1));
         assert!(st.rounding_difference.abs() <= bound);
         assert_eq!(st.amount_due, st.total - st.credits_applied);
+        assert_eq!(st.requests, want.requests);
+        assert_eq!(st.unbilled_requests, want.absorbed_requests);
+        assert_eq!(
+            st.unbilled_requests,
+            st.lines.iter().map(|l| l.unbilled_requests).sum::<i64>()
+        );
         assert!(st.exact_credits_applied <= st.exact_total.max(Decimal::ZERO));
 
         let b = l.balance(&name).unwrap();
@@ -254,6 +292,10 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
         *billed_surcharge.entry(agency(c)).or_default() += st.surcharge;
         *exact_surcharge.entry(agency(c)).or_default() += want.surcharge;
         exact_cost_all += want.cost;
+        exact_absorbed_all += want.absorbed;
+        absorbed_requests_all += want.absorbed_requests;
+        billed_cost_all += st.provider_cost;
+        statement_lines += st.lines.len();
     }
 
     clock.set(t("2025-03-01T00:00:00Z"));
@@ -278,10 +320,29 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
         );
     }
     let s = l.settlement(period).unwrap();
-    assert_eq!(s.exact_total, exact_cost_all);
+    // Σ settlement provider cost = Σ client-charged provider cost + absorbed.
+    assert_eq!(s.exact_total, exact_cost_all + exact_absorbed_all);
+    assert_eq!(s.exact_absorbed, exact_absorbed_all);
     assert_eq!(
         s.total,
         s.lines.iter().map(|l| l.provider_cost).sum::<Decimal>()
+    );
+    assert_eq!(
+        s.absorbed,
+        s.lines.iter().map(|l| l.absorbed).sum::<Decimal>()
+    );
+    assert_eq!(
+        s.lines.iter().map(|l| l.absorbed_requests).sum::<i64>(),
+        absorbed_requests_all
+    );
+    // The same identity on the rounded documents holds up to each rounded
+    // line's half minor unit (statement lines, settlement cost and absorbed).
+    let bound = half_unit * Decimal::from(statement_lines + 2 * s.lines.len());
+    assert!(
+        (billed_cost_all + s.absorbed - s.total).abs() <= bound,
+        "statements {billed_cost_all} + absorbed {} vs settlement {}",
+        s.absorbed,
+        s.total
     );
 }
 
