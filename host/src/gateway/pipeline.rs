@@ -226,18 +226,7 @@ pub async fn call_upstream(
             continue;
         };
         last = Some(entry.clone());
-        let mut upstream_body = body.clone();
-        if let Some(obj) = upstream_body.as_object_mut() {
-            obj.insert("model".into(), Value::String(entry.upstream_model.clone()));
-            if stream {
-                let options = obj
-                    .entry("stream_options")
-                    .or_insert_with(|| Value::Object(Default::default()));
-                if let Some(options) = options.as_object_mut() {
-                    options.insert("include_usage".into(), Value::Bool(true));
-                }
-            }
-        }
+        let upstream_body = upstream_body(body, &entry.upstream_model, stream);
         for try_number in 0..=settings.max_retries {
             let started = Instant::now();
             let request = UpstreamRequest {
@@ -290,6 +279,51 @@ pub async fn call_upstream(
         error: ApiError::upstream(timed_out, &last_error),
         last,
     })
+}
+
+/// The client's body as the provider must see it: the upstream model name,
+/// and for streams `stream_options.include_usage` forced on (the usage chunk
+/// is stripped again if the client did not ask for it). Unknown fields pass
+/// through untouched.
+fn upstream_body(body: &Value, upstream_model: &str, stream: bool) -> bytes::Bytes {
+    let rewritten = Rewritten {
+        body,
+        model: upstream_model,
+        stream,
+    };
+    bytes::Bytes::from(serde_json::to_vec(&rewritten).unwrap_or_default())
+}
+
+/// Serializes the client's body with the rewrites, without copying it.
+struct Rewritten<'a> {
+    body: &'a Value,
+    model: &'a str,
+    stream: bool,
+}
+
+impl serde::Serialize for Rewritten<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        let fields = self.body.as_object();
+        for (key, value) in fields.into_iter().flatten() {
+            if key == "model" || (self.stream && key == "stream_options") {
+                continue;
+            }
+            map.serialize_entry(key, value)?;
+        }
+        map.serialize_entry("model", self.model)?;
+        if self.stream {
+            let mut options = fields
+                .and_then(|f| f.get("stream_options"))
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            options.insert("include_usage".into(), Value::Bool(true));
+            map.serialize_entry("stream_options", &options)?;
+        }
+        map.end()
+    }
 }
 
 /// What the provider reported (or the host estimated) for one request.

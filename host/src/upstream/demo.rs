@@ -17,7 +17,8 @@ const CREATED: i64 = 1_767_225_600;
 impl DemoProvider {
     /// Answers `request` in-process.
     pub fn send(&self, request: UpstreamRequest) -> UpstreamResponse {
-        let body = &request.body;
+        let parsed: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let body = &parsed;
         let model = body
             .get("model")
             .and_then(Value::as_str)

@@ -41,7 +41,11 @@ impl HttpProvider {
     /// (a stream then runs as long as the provider keeps sending).
     pub async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         let url = format!("{}{}", self.base_url, request.path.suffix());
-        let mut builder = self.client.post(url).json(&request.body);
+        let mut builder = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(request.body);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }

@@ -45,8 +45,8 @@ pub struct UpstreamRequest {
     /// The endpoint.
     pub path: UpstreamPath,
     /// The JSON body, already rewritten for the upstream (model name,
-    /// `stream_options`).
-    pub body: serde_json::Value,
+    /// `stream_options`) and serialized once: retries resend the same bytes.
+    pub body: Bytes,
     /// Whether the body asks for a stream.
     pub stream: bool,
 }
