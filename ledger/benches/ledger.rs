@@ -7,7 +7,9 @@
 //! - statement, payout and settlement for a month of 1,000,000 records, from the
 //!   running aggregates, vs recomputing one statement by scanning the records.
 //!
-//! Sizes scale with `LEDGER_BENCH_SCALE` (default 1.0).
+//! Sizes scale with `LEDGER_BENCH_SCALE` (default 1.0). `LEDGER_BENCH_ONLY` (a
+//! comma-separated subset of `ingest`, `raw`, `sync`, `month`) runs only those
+//! sections; `LEDGER_BENCH_WRITERS` (e.g. `64`) limits the batched ingest runs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
@@ -228,6 +230,12 @@ fn main() -> Result<(), BoxError> {
         .unwrap_or(1.0);
     let n = |x: f64| (x * scale).max(64.0) as u64;
     let runs = 3;
+    let only = std::env::var("LEDGER_BENCH_ONLY").unwrap_or_default();
+    let run = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
+    let writer_counts: Vec<u64> = match std::env::var("LEDGER_BENCH_WRITERS") {
+        Ok(s) => s.split(',').filter_map(|w| w.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 8, 64],
+    };
     println!("## tollgate-ledger benchmarks (scale {scale}, medians of {runs} runs)\n");
     println!("| benchmark | median | per CPU-second |");
     println!("|---|---|---|");
@@ -236,16 +244,21 @@ fn main() -> Result<(), BoxError> {
         flush_every: Duration::from_millis(100),
     };
     let sizes = n(50_000.0);
-    for writers in [1u64, 8, 64] {
-        let mut xs = Vec::new();
-        for _ in 0..runs {
-            xs.push(ingest(batched, writers, sizes)?);
+    for &writers in &writer_counts {
+        if run("ingest") {
+            let mut xs = Vec::new();
+            for _ in 0..runs {
+                xs.push(ingest(batched, writers, sizes)?);
+            }
+            let r = median_rate(&xs);
+            println!(
+                "| ingest, batched (100 ms), {writers} writer(s), {sizes} records, with aggregates | {:.0} records/s | {:.0} records/CPU-s |",
+                r.wall, r.cpu
+            );
         }
-        let r = median_rate(&xs);
-        println!(
-            "| ingest, batched (100 ms), {writers} writer(s), {sizes} records, with aggregates | {:.0} records/s | {:.0} records/CPU-s |",
-            r.wall, r.cpu
-        );
+        if !run("raw") {
+            continue;
+        }
         let mut xs = Vec::new();
         for _ in 0..runs {
             xs.push(raw_sled(writers, sizes, false)?);
@@ -257,6 +270,16 @@ fn main() -> Result<(), BoxError> {
         );
     }
 
+    if run("sync") {
+        sync_section(runs, n)?;
+    }
+    if run("month") {
+        month_section(n)?;
+    }
+    Ok(())
+}
+
+fn sync_section(runs: usize, n: impl Fn(f64) -> u64) -> Result<(), BoxError> {
     let sync_n = n(20_000.0);
     let mut xs = Vec::new();
     for _ in 0..runs {
@@ -278,7 +301,14 @@ fn main() -> Result<(), BoxError> {
         r.wall, r.cpu
     );
 
-    // A month of records, then reports from the running aggregates.
+    Ok(())
+}
+
+/// A month of records, then reports from the running aggregates.
+fn month_section(n: impl Fn(f64) -> u64) -> Result<(), BoxError> {
+    let batched = Durability::Batched {
+        flush_every: Duration::from_millis(100),
+    };
     let month = n(1_000_000.0);
     let dir = tempfile::tempdir()?;
     let clock = ManualClock::new(jan(0) + chrono::Duration::days(20));

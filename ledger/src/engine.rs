@@ -8,6 +8,7 @@
 //! holds while it applies and commits a batch, so a reservation never sees spend
 //! that is half-applied.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -57,6 +58,10 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) enum Reply {
     Record(RecordOutcome),
+    /// A new record, at this index of the group's records: resolved into
+    /// `Record(Recorded(..))` after the commit, so the writer does not clone
+    /// every record for its reply.
+    NewRecord(usize),
     TopUp(TopUpOutcome),
     Alert(Alert),
     Done,
@@ -130,6 +135,16 @@ impl ClientState {
     }
 }
 
+#[derive(Default)]
+struct AggSlot {
+    value: Totals,
+    /// Change since the last checkpoint (meaningful while `dirty`).
+    delta: Totals,
+    dirty: bool,
+    /// Last batch that changed it.
+    batch_no: u64,
+}
+
 struct Held {
     client: String,
     amount: Decimal,
@@ -138,10 +153,14 @@ struct Held {
 
 pub(crate) struct State {
     meta: Meta,
-    /// Every aggregate the writer has touched, current (authoritative).
-    aggs: HashMap<AggKey, Totals>,
-    /// Deltas since the last checkpoint: aggregates the store does not have yet.
-    pending: HashMap<AggKey, Totals>,
+    /// Every aggregate the writer has touched: current value (authoritative) and
+    /// what changed since the last checkpoint, in one map so that booking a
+    /// record costs one lookup per aggregate.
+    aggs: HashMap<AggKey, AggSlot>,
+    /// Aggregates changed since the last checkpoint (the store lacks them).
+    dirty: Vec<AggKey>,
+    /// Number of the batch being applied (marks aggregates touched by it).
+    batch_no: u64,
     last_checkpoint: Instant,
     clients: HashMap<String, ClientState>,
     reservations: HashMap<u64, Held>,
@@ -166,7 +185,8 @@ pub(crate) struct Shared {
 #[derive(Default)]
 struct Batch {
     group: CommitGroup,
-    deltas: HashMap<AggKey, Totals>,
+    /// Aggregates this batch changed (published to readers after the commit).
+    touched: Vec<AggKey>,
     /// Idempotency key -> index in `group.records`.
     new_records: HashMap<String, usize>,
     new_topups: HashMap<String, CreditBucket>,
@@ -177,7 +197,7 @@ struct Batch {
 impl Batch {
     fn is_empty(&self) -> bool {
         self.group.is_empty()
-            && self.deltas.is_empty()
+            && self.touched.is_empty()
             && self.touched_buckets.is_empty()
             && self.alerts.is_empty()
     }
@@ -255,7 +275,8 @@ impl Shared {
             state: Mutex::new(State {
                 meta,
                 aggs: HashMap::new(),
-                pending: HashMap::new(),
+                dirty: Vec::new(),
+                batch_no: 0,
                 last_checkpoint: Instant::now(),
                 clients: HashMap::new(),
                 reservations: HashMap::new(),
@@ -299,7 +320,7 @@ impl Shared {
             period,
         };
         st.load_agg(&*self.store, &key)?;
-        let spent = st.aggs.get(&key).map(|t| t.total).unwrap_or_default();
+        let spent = st.aggs.get(&key).map(|a| a.value.total).unwrap_or_default();
         let Some(cs) = st.clients.get_mut(client) else {
             return Err(LedgerError::NotFound(format!("client {client}")));
         };
@@ -372,23 +393,38 @@ impl Shared {
         };
         let now = self.cfg.clock.now();
         let mut b = Batch::default();
+        st.batch_no += 1;
         let mut results: Vec<Result<Reply, LedgerError>> = jobs
             .iter()
             .map(|j| st.apply(self, &mut b, now, &j.cmd))
             .collect();
-        let checkpoint = !st.pending.is_empty()
+        let checkpoint = !st.dirty.is_empty()
             && (force_checkpoint
                 || jobs.iter().any(|j| matches!(j.cmd, Command::Checkpoint))
                 || st.last_checkpoint.elapsed() >= self.cfg.aggregate_checkpoint_every
-                || st.pending.len() >= self.cfg.max_dirty_aggregates);
+                || st.dirty.len() >= self.cfg.max_dirty_aggregates);
         if b.is_empty() && !checkpoint {
             return results;
         }
-        let touched: Vec<AggKey> = b.deltas.keys().cloned().collect();
-        let group = st.finish(b, checkpoint);
+        let touched = std::mem::take(&mut b.touched);
+        let mut group = st.finish(b, checkpoint);
         match self.store.commit(&group) {
             Ok(()) => {
                 self.publish(&mut st, checkpoint, touched);
+                let mut records: Vec<Option<StoredRecord>> = std::mem::take(&mut group.records)
+                    .into_iter()
+                    .map(Some)
+                    .collect();
+                for r in &mut results {
+                    if let Ok(Reply::NewRecord(i)) = r {
+                        *r = match records.get_mut(*i).and_then(Option::take) {
+                            Some(rec) => Ok(Reply::Record(RecordOutcome::Recorded(Box::new(rec)))),
+                            None => Err(LedgerError::Poisoned(
+                                "internal: reply for a record missing from its group".into(),
+                            )),
+                        };
+                    }
+                }
             }
             Err(e) => {
                 // Memory is now ahead of the store: refuse everything until reopen.
@@ -462,8 +498,8 @@ impl Shared {
             st.last_checkpoint = Instant::now();
         } else {
             for k in touched {
-                if let Some(v) = st.aggs.get(&k) {
-                    ov.insert(k, v.clone());
+                if let Some(a) = st.aggs.get(&k) {
+                    ov.insert(k, a.value.clone());
                 }
             }
         }
@@ -529,8 +565,14 @@ impl State {
 
     fn load_agg(&mut self, store: &dyn LedgerStore, key: &AggKey) -> Result<(), LedgerError> {
         if !self.aggs.contains_key(key) {
-            let t = store.get_aggregate(key)?.unwrap_or_default();
-            self.aggs.insert(key.clone(), t);
+            let value = store.get_aggregate(key)?.unwrap_or_default();
+            self.aggs.insert(
+                key.clone(),
+                AggSlot {
+                    value,
+                    ..AggSlot::default()
+                },
+            );
         }
         Ok(())
     }
@@ -571,13 +613,11 @@ impl State {
         cmd: &Command,
     ) -> Result<Reply, LedgerError> {
         match cmd {
-            Command::Record(r) => self.apply_record(sh, b, now, r).map(Reply::Record),
+            Command::Record(r) => self.apply_record(sh, b, now, r),
             Command::Reverse {
                 original_key,
                 reason,
-            } => self
-                .apply_reversal(sh, b, now, original_key, reason)
-                .map(Reply::Record),
+            } => self.apply_reversal(sh, b, now, original_key, reason),
             Command::TopUp {
                 client,
                 amount,
@@ -652,14 +692,14 @@ impl State {
         b: &mut Batch,
         now: DateTime<Utc>,
         r: &UsageRecord,
-    ) -> Result<RecordOutcome, LedgerError> {
+    ) -> Result<Reply, LedgerError> {
         validate(r)?;
         if let Some(existing) = self.existing(sh, b, &r.idempotency_key)? {
             // A retry may carry a fresh reservation; it must not stay held.
             if let Some(id) = r.reservation_id {
                 self.settle_reservation(id);
             }
-            return Ok(RecordOutcome::Duplicate(Box::new(existing)));
+            return Ok(Reply::Record(RecordOutcome::Duplicate(Box::new(existing))));
         }
         self.load_client(&*sh.store, &r.client_id)?;
         if let Some(agency) = self
@@ -695,7 +735,7 @@ impl State {
         self.settle_reservation_opt(r.reservation_id);
         self.book(b, &stored);
         self.check_alerts(b, &stored, now);
-        Ok(RecordOutcome::Recorded(Box::new(stored)))
+        Ok(Reply::NewRecord(push_record(b, stored)))
     }
 
     fn settle_reservation_opt(&mut self, id: Option<ReservationId>) {
@@ -711,10 +751,10 @@ impl State {
         now: DateTime<Utc>,
         original_key: &str,
         reason: &str,
-    ) -> Result<RecordOutcome, LedgerError> {
+    ) -> Result<Reply, LedgerError> {
         let key = format!("reversal:{original_key}");
         if let Some(existing) = self.existing(sh, b, &key)? {
-            return Ok(RecordOutcome::Duplicate(Box::new(existing)));
+            return Ok(Reply::Record(RecordOutcome::Duplicate(Box::new(existing))));
         }
         let Some(orig) = self.existing(sh, b, original_key)? else {
             return Err(LedgerError::NotFound(format!(
@@ -759,7 +799,7 @@ impl State {
         let mut stored = stored;
         stored.credits_applied = self.refund(b, &orig, &stored, now);
         self.book(b, &stored);
-        Ok(RecordOutcome::Recorded(Box::new(stored)))
+        Ok(Reply::NewRecord(push_record(b, stored)))
     }
 
     /// Loads everything `book`/`check_alerts` touch, so they cannot fail.
@@ -770,26 +810,35 @@ impl State {
         self.load_alerted(&*sh.store, &stored.record.client_id, stored.id.period)
     }
 
-    /// Adds a record to the running aggregates and the group.
+    /// Adds a record to the running aggregates: one map lookup per aggregate,
+    /// noting aggregates first changed in this batch or since the checkpoint.
     fn book(&mut self, b: &mut Batch, stored: &StoredRecord) {
-        // Look up before inserting: most keys are already present, and cloning
-        // string keys for `entry` was a measurable share of the writer's time.
-        fn add(map: &mut HashMap<AggKey, Totals>, k: &AggKey, d: &Totals) {
-            match map.get_mut(k) {
-                Some(t) => t.add(d),
-                None => {
-                    map.insert(k.clone(), d.clone());
-                }
-            }
-        }
+        let batch_no = self.batch_no;
         for (k, delta) in contributions(stored) {
-            add(&mut self.aggs, &k, &delta);
-            add(&mut self.pending, &k, &delta);
-            add(&mut b.deltas, &k, &delta);
+            let mut slot = match self.aggs.entry(k) {
+                Entry::Occupied(o) => o,
+                Entry::Vacant(v) => v.insert_entry(AggSlot::default()),
+            };
+            let (first_in_batch, first_since_checkpoint) = {
+                let a = slot.get();
+                (a.batch_no != batch_no, !a.dirty)
+            };
+            if first_in_batch {
+                b.touched.push(slot.key().clone());
+            }
+            if first_since_checkpoint {
+                self.dirty.push(slot.key().clone());
+            }
+            let a = slot.get_mut();
+            a.value.add(&delta);
+            if first_since_checkpoint {
+                a.delta = delta;
+            } else {
+                a.delta.add(&delta);
+            }
+            a.dirty = true;
+            a.batch_no = batch_no;
         }
-        b.new_records
-            .insert(stored.record.idempotency_key.clone(), b.group.records.len());
-        b.group.records.push(stored.clone());
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -953,7 +1002,7 @@ impl State {
                 client: client.clone(),
                 period,
             })
-            .map(|t| t.total)
+            .map(|a| a.value.total)
             .unwrap_or_default();
         let Some(c) = self.clients.get_mut(client) else {
             return;
@@ -1058,12 +1107,16 @@ impl State {
     fn finish(&mut self, mut b: Batch, checkpoint: bool) -> CommitGroup {
         let mut g = std::mem::take(&mut b.group);
         if checkpoint {
+            let aggs = &mut self.aggs;
             g.aggregates = self
-                .pending
-                .drain()
-                .map(|(key, delta)| {
-                    let value = self.aggs.get(&key).cloned().unwrap_or_default();
-                    AggregateWrite { key, delta, value }
+                .dirty
+                .drain(..)
+                .filter_map(|key| {
+                    let a = aggs.get_mut(&key)?;
+                    a.dirty = false;
+                    let delta = std::mem::take(&mut a.delta);
+                    let value = a.value.clone();
+                    Some(AggregateWrite { key, delta, value })
                 })
                 .collect();
             self.meta.aggregates_through_seq = self.meta.next_seq;
@@ -1084,6 +1137,15 @@ impl State {
         g.meta = self.meta;
         g
     }
+}
+
+/// Adds a new record to the group; returns its index there.
+fn push_record(b: &mut Batch, stored: StoredRecord) -> usize {
+    let i = b.group.records.len();
+    b.new_records
+        .insert(stored.record.idempotency_key.clone(), i);
+    b.group.records.push(stored);
+    i
 }
 
 /// Brings stored aggregates up to date after a crash: adds the records written

@@ -2,17 +2,23 @@
 //! so a whole group commit is a single atomic `Tree::apply_batch`. Integers in
 //! keys are big-endian and strings are length-prefixed, so `(client, period)`
 //! and `(period, seq)` range scans are plain prefix scans.
+//!
+//! Values: records, aggregates, credit entries and the counters are written in a
+//! compact binary form (postcard) behind a leading format byte
+//! [`FORMAT_BINARY_V1`]; everything else, and every value written before that
+//! format existed, is JSON (which always starts with `{`). Readers accept both.
 
 use std::ops::Bound;
 use std::path::Path;
 
-use serde::Serialize;
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::model::{
-    AggKey, AggScan, Alert, ClientPlan, CreditBucket, CreditEntry, Meta, Page, RecordId,
-    RecordQuery, StoredRecord, Totals,
+    AggKey, AggScan, Alert, ClientPlan, CreditBucket, CreditEntry, CreditUse, Meta, Page, RecordId,
+    RecordKind, RecordQuery, StoredRecord, Totals, UsageRecord,
 };
 use crate::period::Period;
 use crate::store::{CommitGroup, LedgerStore};
@@ -28,6 +34,13 @@ const TOPUP_KEY: u8 = b'T';
 const ENTRY: u8 = b'E';
 const ALERT: u8 = b'L';
 const ALERT_MARKER: u8 = b'D';
+
+/// Leading byte of a value in postcard (binary) encoding, version 1. Postcard
+/// encodes struct fields in declaration order and enum variants by index, so a
+/// change to the field list or variant order of a binary-encoded type
+/// ([`StoredRecord`] via [`BinRecord`], [`Totals`], [`CreditEntry`], [`Meta`])
+/// needs a new format byte; values of older formats must stay readable.
+pub const FORMAT_BINARY_V1: u8 = 0x01;
 
 /// Sled-backed [`LedgerStore`].
 pub struct SledStore {
@@ -89,10 +102,98 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Backend(format!("encode: {e}")))
 }
 
+/// Binary encoding: [`FORMAT_BINARY_V1`] then postcard. Only for types without
+/// internally tagged enums or flattened fields (postcard cannot read those back).
+fn encode_bin<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(256);
+    out.push(FORMAT_BINARY_V1);
+    postcard::to_extend(v, out).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+}
+
+/// Reads a value in either format (binary when it starts with the format byte).
 fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+    let bad = |reason: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
+        reason,
+    };
+    match v.split_first() {
+        Some((&FORMAT_BINARY_V1, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| bad(format!("binary value: {e}")))
+        }
+        _ => serde_json::from_slice(v).map_err(|e| bad(e.to_string())),
+    }
+}
+
+/// [`RecordKind`] as stored in binary form (externally tagged, by variant index).
+#[derive(Serialize, Deserialize)]
+enum BinKind {
+    Usage,
+    Reversal { original: RecordId, reason: String },
+}
+
+/// [`StoredRecord`] as stored in binary form: the same fields without the
+/// flattened, internally tagged `kind` that postcard cannot decode.
+#[derive(Serialize, Deserialize)]
+struct BinRecord {
+    id: RecordId,
+    late_adjustment: bool,
+    recorded_at: DateTime<Utc>,
+    kind: BinKind,
+    credits_applied: Vec<CreditUse>,
+    record: UsageRecord,
+}
+
+/// Borrowing twin of [`BinRecord`] for encoding without copying the record.
+#[derive(Serialize)]
+struct BinRecordRef<'a> {
+    id: RecordId,
+    late_adjustment: bool,
+    recorded_at: &'a DateTime<Utc>,
+    kind: BinKindRef<'a>,
+    credits_applied: &'a [CreditUse],
+    record: &'a UsageRecord,
+}
+
+#[derive(Serialize)]
+enum BinKindRef<'a> {
+    Usage,
+    Reversal { original: RecordId, reason: &'a str },
+}
+
+fn encode_record(r: &StoredRecord) -> Result<Vec<u8>, StoreError> {
+    encode_bin(&BinRecordRef {
+        id: r.id,
+        late_adjustment: r.late_adjustment,
+        recorded_at: &r.recorded_at,
+        kind: match &r.kind {
+            RecordKind::Usage => BinKindRef::Usage,
+            RecordKind::Reversal { original, reason } => BinKindRef::Reversal {
+                original: *original,
+                reason,
+            },
+        },
+        credits_applied: &r.credits_applied,
+        record: &r.record,
+    })
+}
+
+/// Reads a record in binary form, or as JSON (records written before the
+/// binary format).
+fn decode_record(key: &[u8], v: &[u8]) -> Result<StoredRecord, StoreError> {
+    if v.first() != Some(&FORMAT_BINARY_V1) {
+        return decode(key, v);
+    }
+    let b: BinRecord = decode(key, v)?;
+    Ok(StoredRecord {
+        id: b.id,
+        late_adjustment: b.late_adjustment,
+        recorded_at: b.recorded_at,
+        kind: match b.kind {
+            BinKind::Usage => RecordKind::Usage,
+            BinKind::Reversal { original, reason } => RecordKind::Reversal { original, reason },
+        },
+        credits_applied: b.credits_applied,
+        record: b.record,
     })
 }
 
@@ -358,7 +459,7 @@ impl LedgerStore for SledStore {
     fn commit(&self, g: &CommitGroup) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for r in &g.records {
-            b.insert(record_key(r.id), encode(r)?);
+            b.insert(record_key(r.id), encode_record(r)?);
             b.insert(
                 prefixed(IDEMPOTENCY, &r.record.idempotency_key),
                 id_bytes(r.id).to_vec(),
@@ -366,10 +467,10 @@ impl LedgerStore for SledStore {
             b.insert(client_index_key(&r.record.client_id, r.id), Vec::new());
         }
         for a in &g.aggregates {
-            b.insert(agg_key(&a.key), encode(&a.value)?);
+            b.insert(agg_key(&a.key), encode_bin(&a.value)?);
         }
         for e in &g.credit_entries {
-            b.insert(entry_key(&e.client_id, e.seq), encode(e)?);
+            b.insert(entry_key(&e.client_id, e.seq), encode_bin(e)?);
         }
         for bk in &g.buckets {
             b.insert(bucket_key(&bk.client_id, &bk.id), encode(bk)?);
@@ -388,7 +489,7 @@ impl LedgerStore for SledStore {
             k.extend_from_slice(&pct.to_be_bytes());
             b.insert(k, Vec::new());
         }
-        b.insert(META, encode(&g.meta)?);
+        b.insert(META, encode_bin(&g.meta)?);
         self.tree.apply_batch(b)?;
         Ok(())
     }
@@ -416,7 +517,11 @@ impl LedgerStore for SledStore {
     }
 
     fn get_record(&self, id: RecordId) -> Result<Option<StoredRecord>, StoreError> {
-        self.get_json(&record_key(id))
+        let key = record_key(id);
+        match self.tree.get(&key)? {
+            Some(v) => Ok(Some(decode_record(&key, &v)?)),
+            None => Ok(None),
+        }
     }
 
     fn query_records(&self, q: &RecordQuery) -> Result<Page<StoredRecord>, StoreError> {
@@ -452,7 +557,7 @@ impl LedgerStore for SledStore {
                     None => return Err(corrupt(&k, "client index points at no record")),
                 }
             } else {
-                decode(&k, &v)?
+                decode_record(&k, &v)?
             };
             last_key = Some(k.to_vec());
             let u = &rec.record;
@@ -490,7 +595,7 @@ impl LedgerStore for SledStore {
             if k.first() != Some(&RECORD) {
                 break;
             }
-            f(decode(&k, &v)?)?;
+            f(decode_record(&k, &v)?)?;
         }
         Ok(())
     }
@@ -624,6 +729,199 @@ mod tests {
             model: "gpt".into(),
         };
         assert!(!agg_key(&other).starts_with(&scan));
+    }
+
+    fn sample(kind: RecordKind, seq: u64) -> StoredRecord {
+        let at = DateTime::parse_from_rfc3339("2025-01-10T10:00:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let p: Period = "2025-01".parse().unwrap();
+        StoredRecord {
+            id: RecordId { period: p, seq },
+            late_adjustment: seq.is_multiple_of(2),
+            recorded_at: at,
+            kind,
+            credits_applied: vec![CreditUse {
+                bucket_id: "topup:x".into(),
+                amount: "1.2500".parse().unwrap(),
+            }],
+            record: UsageRecord {
+                idempotency_key: format!("k{seq}"),
+                request_id: "r".into(),
+                agency_id: "a".into(),
+                client_id: "c".into(),
+                app_id: Some("app".into()),
+                end_user_id: None,
+                started_at: at,
+                finished_at: at,
+                requested_model: "auto".into(),
+                requested_provider: Some("openai".into()),
+                routed_model: "gpt".into(),
+                routed_provider: "openai".into(),
+                tokens: crate::model::Tokens {
+                    input: 1,
+                    output: u64::MAX,
+                    cached: 0,
+                },
+                provider_cost: "0.000123".parse().unwrap(),
+                price_version: "v".into(),
+                surcharge: "-0.5".parse().unwrap(),
+                total_charged: "0".parse().unwrap(),
+                units: [("doc".to_string(), "2.50".parse().unwrap())].into(),
+                plugin: crate::model::PluginRef::default(),
+                flags: crate::model::RecordFlags {
+                    failed: true,
+                    ..Default::default()
+                },
+                reservation_id: Some(crate::model::ReservationId(7)),
+            },
+        }
+    }
+
+    #[test]
+    fn records_round_trip_in_binary_form_and_json_records_still_read() {
+        let store = SledStore::temporary().unwrap();
+        let usage = sample(RecordKind::Usage, 1);
+        let reversal = sample(
+            RecordKind::Reversal {
+                original: usage.id,
+                reason: "dispute".into(),
+            },
+            2,
+        );
+        let legacy = sample(RecordKind::Usage, 3);
+        let bin = encode_record(&reversal).unwrap();
+        assert_eq!(bin[0], FORMAT_BINARY_V1);
+        let json = serde_json::to_vec(&reversal).unwrap();
+        assert!(
+            bin.len() * 2 < json.len(),
+            "{} vs {}",
+            bin.len(),
+            json.len()
+        );
+        store
+            .commit(&CommitGroup {
+                records: vec![usage.clone(), reversal.clone()],
+                ..CommitGroup::default()
+            })
+            .unwrap();
+        // A record written by an earlier version (JSON value), with its keys.
+        store
+            .tree
+            .insert(record_key(legacy.id), serde_json::to_vec(&legacy).unwrap())
+            .unwrap();
+        store
+            .tree
+            .insert(
+                prefixed(IDEMPOTENCY, &legacy.record.idempotency_key),
+                id_bytes(legacy.id).to_vec(),
+            )
+            .unwrap();
+        store
+            .tree
+            .insert(client_index_key("c", legacy.id), Vec::<u8>::new())
+            .unwrap();
+        for r in [&usage, &reversal, &legacy] {
+            // Decimal equality ignores scale; compare the exact text too.
+            let got = store.get_record(r.id).unwrap().unwrap();
+            assert_eq!(&got, r);
+            assert_eq!(got.record.provider_cost.to_string(), "0.000123");
+            assert_eq!(got.credits_applied[0].amount.to_string(), "1.2500");
+            let id = store
+                .find_idempotency_key(&r.record.idempotency_key)
+                .unwrap();
+            assert_eq!(id, Some(r.id));
+        }
+        let mut all = Vec::new();
+        store
+            .for_each_record(None, &mut |r| {
+                all.push(r);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(all, vec![usage.clone(), reversal.clone(), legacy.clone()]);
+        let page = store
+            .query_records(&RecordQuery {
+                client: Some("c".into()),
+                ..RecordQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.items, vec![usage, reversal, legacy]);
+    }
+
+    #[test]
+    fn aggregates_entries_and_counters_read_in_both_formats() {
+        let store = SledStore::temporary().unwrap();
+        let p: Period = "2025-01".parse().unwrap();
+        let key = AggKey::Client {
+            client: "c".into(),
+            period: p,
+        };
+        let totals = Totals {
+            requests: -3,
+            provider_cost: "1.50".parse().unwrap(),
+            absorbed: "0.25".parse().unwrap(),
+            absorbed_requests: 1,
+            ..Totals::default()
+        };
+        let meta = Meta {
+            next_seq: 9,
+            replay_from: Some(p),
+            ..Meta::default()
+        };
+        let entry = CreditEntry {
+            seq: 4,
+            client_id: "c".into(),
+            bucket_id: "b".into(),
+            kind: crate::model::CreditEntryKind::Reversal,
+            amount: "-2".parse().unwrap(),
+            record: Some(RecordId { period: p, seq: 1 }),
+            at: DateTime::from_timestamp(1_736_500_000, 5).unwrap(),
+        };
+        store
+            .commit(&CommitGroup {
+                aggregates: vec![crate::store::AggregateWrite {
+                    key: key.clone(),
+                    delta: totals.clone(),
+                    value: totals.clone(),
+                }],
+                credit_entries: vec![entry.clone()],
+                meta,
+                ..CommitGroup::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.tree.get(agg_key(&key)).unwrap().unwrap()[0],
+            FORMAT_BINARY_V1
+        );
+        assert_eq!(store.get_aggregate(&key).unwrap(), Some(totals.clone()));
+        assert_eq!(store.load_meta().unwrap(), meta);
+        assert_eq!(
+            store.credit_entries(Some("c")).unwrap(),
+            vec![entry.clone()]
+        );
+        // The same values as an earlier version wrote them (JSON).
+        store
+            .tree
+            .insert(agg_key(&key), serde_json::to_vec(&totals).unwrap())
+            .unwrap();
+        store
+            .tree
+            .insert(META, serde_json::to_vec(&meta).unwrap())
+            .unwrap();
+        store
+            .tree
+            .insert(entry_key("c", 4), serde_json::to_vec(&entry).unwrap())
+            .unwrap();
+        assert_eq!(store.get_aggregate(&key).unwrap(), Some(totals));
+        assert_eq!(store.load_meta().unwrap(), meta);
+        assert_eq!(store.credit_entries(Some("c")).unwrap(), vec![entry]);
+        // Garbage behind the format byte is reported, not misread.
+        store
+            .tree
+            .insert(META, vec![FORMAT_BINARY_V1, 0xff, 0xff])
+            .unwrap();
+        assert!(matches!(store.load_meta(), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]
