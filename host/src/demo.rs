@@ -248,6 +248,7 @@ fn print_welcome(addr: std::net::SocketAddr, data_dir: &Path, credentials: &Demo
     }
     println!("\nOperator token:      {}", credentials.operator_token);
     println!("Agency admin token:  {}", credentials.agency_token);
+    println!("  (kept for the admin API, which this build does not serve yet)");
     let first = &CLIENTS[0];
     let key = credentials
         .app_keys

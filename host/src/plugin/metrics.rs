@@ -80,29 +80,6 @@ impl PluginMetrics {
         );
     }
 
-    pub(super) fn record(
-        &self,
-        plugin: &str,
-        version: &str,
-        capability: Capability,
-        elapsed: Duration,
-        error: Option<&PluginError>,
-    ) {
-        let labels = CallLabels {
-            plugin: plugin.to_owned(),
-            version: version.to_owned(),
-            capability: capability.as_str().to_owned(),
-        };
-        self.calls.get_or_create(&labels).inc();
-        // Prometheus histograms take f64 seconds; this is timing, not money.
-        self.latency
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
-        if let Some(error) = error {
-            self.record_error_only(plugin, version, capability, error);
-        }
-    }
-
     pub(super) fn record_error_only(
         &self,
         plugin: &str,
@@ -118,6 +95,71 @@ impl PluginMetrics {
                 kind: error.kind().to_owned(),
             })
             .inc();
+    }
+}
+
+/// The series of one plugin version, resolved once at load so recording a
+/// call is a few atomic increments, not label formatting and map lookups.
+pub(super) struct PluginSeries {
+    calls: [Counter; 5],
+    latency: [Histogram; 5],
+    metrics: PluginMetrics,
+    plugin: String,
+    version: String,
+}
+
+fn index(capability: Capability) -> usize {
+    match capability {
+        Capability::Describe => 0,
+        Capability::ValidateConfig => 1,
+        Capability::Route => 2,
+        Capability::Meter => 3,
+        Capability::Price => 4,
+    }
+}
+
+const CAPABILITIES: [Capability; 5] = [
+    Capability::Describe,
+    Capability::ValidateConfig,
+    Capability::Route,
+    Capability::Meter,
+    Capability::Price,
+];
+
+impl PluginSeries {
+    pub(super) fn new(metrics: &PluginMetrics, plugin: &str, version: &str) -> Self {
+        let labels = |c: Capability| CallLabels {
+            plugin: plugin.to_owned(),
+            version: version.to_owned(),
+            capability: c.as_str().to_owned(),
+        };
+        Self {
+            calls: CAPABILITIES.map(|c| metrics.calls.get_or_create(&labels(c)).clone()),
+            latency: CAPABILITIES.map(|c| metrics.latency.get_or_create(&labels(c)).clone()),
+            metrics: metrics.clone(),
+            plugin: plugin.to_owned(),
+            version: version.to_owned(),
+        }
+    }
+
+    pub(super) fn record(
+        &self,
+        capability: Capability,
+        elapsed: Duration,
+        error: Option<&PluginError>,
+    ) {
+        let i = index(capability);
+        self.calls[i].inc();
+        // Prometheus histograms take f64 seconds; this is timing, not money.
+        self.latency[i].observe(elapsed.as_secs_f64());
+        if let Some(error) = error {
+            self.record_error(capability, error);
+        }
+    }
+
+    pub(super) fn record_error(&self, capability: Capability, error: &PluginError) {
+        self.metrics
+            .record_error_only(&self.plugin, &self.version, capability, error);
     }
 }
 

@@ -231,6 +231,12 @@ impl PluginRuntime {
                 version: String::new(),
                 description: String::new(),
             },
+            series: Arc::new(metrics::PluginSeries::new(
+                &self.shared.metrics,
+                "unnamed",
+                &hash.short(),
+            )),
+            log_labels: ("unnamed".into(), hash.short().into()),
             shared: self.shared.clone(),
             stats: Arc::new(PluginStats::default()),
         })
@@ -251,6 +257,13 @@ impl PluginRuntime {
             .describe()
             .await
             .map_err(|e| LoadError::Describe(Box::new(e)))?;
+        let short = compiled.hash.short();
+        compiled.series = Arc::new(metrics::PluginSeries::new(
+            &self.shared.metrics,
+            &compiled.info.name,
+            &short,
+        ));
+        compiled.log_labels = (compiled.info.name.as_str().into(), short.into());
         let ready = Arc::new(compiled);
         let mut cache = self.lock_cache();
         Ok(cache.entry(hash).or_insert(ready).clone())
@@ -282,9 +295,21 @@ impl PluginRuntime {
     }
 }
 
+/// Freed instance slots are returned to the OS in batches: each batch is one
+/// `madvise` round and one TLB shootdown instead of one per instance.
+const DECOMMIT_BATCH: usize = 32;
+
+/// Bytes of each linear memory and table reset with `memset` instead of
+/// `madvise` when a slot is reused, so the next instance takes no page
+/// faults on the pages plugins touch first.
+const KEEP_RESIDENT: usize = 64 << 10;
+
 fn engine(limits: &RuntimeLimits) -> wasmtime::Result<Engine> {
     let mut pool = wasmtime::PoolingAllocationConfig::default();
-    pool.total_component_instances(limits.max_instances)
+    pool.decommit_batch_size(DECOMMIT_BATCH)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT)
+        .total_component_instances(limits.max_instances)
         .total_core_instances(limits.max_instances.saturating_mul(4))
         .total_memories(limits.max_instances.saturating_mul(2))
         .total_tables(limits.max_instances.saturating_mul(4))
@@ -388,6 +413,9 @@ pub struct CompiledPlugin {
     info: PluginInfo,
     shared: Arc<Shared>,
     stats: Arc<PluginStats>,
+    series: Arc<metrics::PluginSeries>,
+    /// Name and short hash, shared by every instance's log lines.
+    log_labels: (Arc<str>, Arc<str>),
 }
 
 impl CompiledPlugin {
@@ -434,14 +462,13 @@ impl CompiledPlugin {
     /// A fresh instance for one request.
     pub async fn session(&self, request_id: &str) -> Result<Session, PluginError> {
         let limits = &self.shared.limits;
-        let name = if self.info.name.is_empty() {
-            "unnamed"
-        } else {
-            &self.info.name
-        };
         let state = StoreState::new(
             limits.memory_bytes,
-            LogContext::new(name, &self.hash.short(), request_id),
+            LogContext::new(
+                self.log_labels.0.clone(),
+                self.log_labels.1.clone(),
+                request_id,
+            ),
         );
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -456,14 +483,15 @@ impl CompiledPlugin {
             Ok(instance) => instance,
             Err(e) => {
                 let error = classify(e, &store, limits);
-                self.record(Capability::Describe, Duration::ZERO, Some(&error));
+                self.stats.record(Duration::ZERO, true);
+                self.series.record_error(Capability::Describe, &error);
                 return Err(error);
             }
         };
         Ok(Session {
             store,
             instance,
-            plugin_labels: (name.to_owned(), self.hash.short()),
+            series: self.series.clone(),
             shared: self.shared.clone(),
             stats: self.stats.clone(),
             poisoned: false,
@@ -482,32 +510,6 @@ impl CompiledPlugin {
         let mut session = self.session("validate-config").await?;
         session.validate_config(config).await
     }
-
-    fn record(&self, capability: Capability, elapsed: Duration, error: Option<&PluginError>) {
-        let labels = (self.info.name.clone(), self.hash.short());
-        record(
-            &self.shared,
-            &self.stats,
-            &labels,
-            capability,
-            elapsed,
-            error,
-        );
-    }
-}
-
-fn record(
-    shared: &Shared,
-    stats: &PluginStats,
-    labels: &(String, String),
-    capability: Capability,
-    elapsed: Duration,
-    error: Option<&PluginError>,
-) {
-    stats.record(elapsed, error.is_some());
-    shared
-        .metrics
-        .record(&labels.0, &labels.1, capability, elapsed, error);
 }
 
 fn deadline_ticks(deadline: Duration) -> u64 {
@@ -523,7 +525,7 @@ fn deadline_ticks(deadline: Duration) -> u64 {
 pub struct Session {
     store: Store<StoreState>,
     instance: v0_1::AgencyPlugin,
-    plugin_labels: (String, String),
+    series: Arc<metrics::PluginSeries>,
     shared: Arc<Shared>,
     stats: Arc<PluginStats>,
     poisoned: bool,
@@ -587,26 +589,16 @@ impl Session {
         if outcome.is_err() {
             self.poisoned = true;
         }
-        record(
-            &self.shared,
-            &self.stats,
-            &self.plugin_labels,
-            capability,
-            elapsed,
-            outcome.as_ref().err(),
-        );
+        self.stats.record(elapsed, outcome.is_err());
+        self.series
+            .record(capability, elapsed, outcome.as_ref().err());
         outcome
     }
 
     /// Records a failure found after the call returned (invalid output).
     fn reject_output(&mut self, capability: Capability, error: PluginError) -> PluginError {
         self.poisoned = true;
-        self.shared.metrics.record_error_only(
-            &self.plugin_labels.0,
-            &self.plugin_labels.1,
-            capability,
-            &error,
-        );
+        self.series.record_error(capability, &error);
         self.stats.record_error_only();
         error
     }

@@ -44,9 +44,9 @@ pub struct StoreState {
 #[derive(Clone, Debug, Default)]
 pub struct LogContext {
     /// The plugin's name.
-    pub plugin: String,
+    pub plugin: std::sync::Arc<str>,
     /// The content hash's short form.
-    pub version: String,
+    pub version: std::sync::Arc<str>,
     /// The request being served.
     pub request_id: String,
     lines: u32,
@@ -55,10 +55,14 @@ pub struct LogContext {
 
 impl LogContext {
     /// A context for `plugin` at `version` serving `request_id`.
-    pub fn new(plugin: &str, version: &str, request_id: &str) -> Self {
+    pub fn new(
+        plugin: std::sync::Arc<str>,
+        version: std::sync::Arc<str>,
+        request_id: &str,
+    ) -> Self {
         Self {
-            plugin: plugin.to_owned(),
-            version: version.to_owned(),
+            plugin,
+            version,
             request_id: request_id.to_owned(),
             lines: 0,
             dropped: 0,
