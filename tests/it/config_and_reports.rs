@@ -106,6 +106,10 @@ fn reports_render_as_tables_json_and_csv() {
             ..LedgerConfig::default()
         })
         .unwrap();
+        let mut plan = ledger.plan("shop").unwrap();
+        plan.monthly_cap = Some("1.00".parse().unwrap());
+        plan.alert_thresholds_pct = vec![10, 90];
+        ledger.set_plan(plan).unwrap();
         for n in 0..3 {
             ledger
                 .record(usage(n, "shop", "mini-ok", "0.001", "0.0502"))
@@ -140,6 +144,22 @@ fn reports_render_as_tables_json_and_csv() {
     assert!(text.contains("0.15"), "{text}");
     let csv = run(&["settlement", "--csv"]);
     assert!(csv.lines().count() >= 2 && csv.contains("mock"), "{csv}");
+    // 3 × 0.0512 crosses 10% of the 1.00 cap once, and never 90%.
+    let alerts: serde_json::Value = serde_json::from_str(&run(&["alerts", "--json"])).unwrap();
+    let alerts = alerts.as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (
+            alerts[0]["client_id"].as_str(),
+            alerts[0]["threshold_pct"].as_u64()
+        ),
+        (Some("shop"), Some(10))
+    );
+    let table = run(&["alerts"]);
+    assert!(
+        table.contains("Spend alerts (1 in all)") && table.contains("pending"),
+        "{table}"
+    );
     let usage = run(&["usage", "--json"]);
     assert!(
         usage.contains("mini-ok") && usage.contains("pro-ok"),

@@ -47,6 +47,12 @@ pub enum ReportCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Spend alerts (thresholds crossed) and their webhook delivery state.
+    Alerts {
+        /// Common options (the period filters alerts by period).
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// Options every report takes.
@@ -140,7 +146,101 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<i32> {
             let report = ledger.settlement(common.period(&ledger)?)?;
             tollgate_ledger::render(&report, common.format())?
         }
+        ReportCommand::Alerts { common } => {
+            let ledger = common.ledger()?;
+            let period = common
+                .period
+                .as_ref()
+                .map(|_| common.period(&ledger))
+                .transpose()?;
+            let alerts: Vec<_> = ledger
+                .alerts()?
+                .into_iter()
+                .filter(|a| period.is_none_or(|p| a.period == p))
+                .collect();
+            render_alerts(&alerts, common.format())?
+        }
     };
     print!("{text}");
     Ok(0)
+}
+
+fn delivery(alert: &tollgate_ledger::Alert) -> (String, u32, String) {
+    match &alert.delivery {
+        tollgate_ledger::Delivery::Pending {
+            attempts,
+            last_error,
+            ..
+        } => (
+            "pending".into(),
+            *attempts,
+            last_error.clone().unwrap_or_default(),
+        ),
+        tollgate_ledger::Delivery::Delivered { attempts, .. } => {
+            ("delivered".into(), *attempts, String::new())
+        }
+        tollgate_ledger::Delivery::Dead {
+            attempts,
+            last_error,
+        } => (
+            "gave up".into(),
+            *attempts,
+            last_error.clone().unwrap_or_default(),
+        ),
+    }
+}
+
+fn render_alerts(alerts: &[tollgate_ledger::Alert], format: Format) -> anyhow::Result<String> {
+    let header = [
+        "alert",
+        "period",
+        "agency",
+        "client",
+        "threshold %",
+        "cap",
+        "spend",
+        "created",
+        "delivery",
+        "attempts",
+        "last error",
+    ];
+    let rows: Vec<[String; 11]> = alerts
+        .iter()
+        .map(|a| {
+            let (state, attempts, error) = delivery(a);
+            [
+                a.id.to_string(),
+                a.period.to_string(),
+                a.agency_id.clone(),
+                a.client_id.clone(),
+                a.threshold_pct.to_string(),
+                a.cap.to_string(),
+                a.spend.to_string(),
+                a.created_at.to_rfc3339(),
+                state,
+                attempts.to_string(),
+                error,
+            ]
+        })
+        .collect();
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(alerts)?),
+        Format::Csv => {
+            let mut writer = csv::Writer::from_writer(Vec::new());
+            writer.write_record(header)?;
+            for row in &rows {
+                writer.write_record(row)?;
+            }
+            String::from_utf8(writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?
+        }
+        Format::Table => {
+            let mut table = comfy_table::Table::new();
+            table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+            table.set_header(header);
+            for row in rows {
+                table.add_row(row);
+            }
+            format!("Spend alerts ({} in all)\n{table}\n", alerts.len())
+        }
+    })
 }
