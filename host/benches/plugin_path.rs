@@ -89,6 +89,11 @@ async fn two_instances(plugin: &CompiledPlugin, runtime: &PluginRuntime) {
     std::hint::black_box(q);
 }
 
+async fn validate_only(plugin: &CompiledPlugin) {
+    let mut s = plugin.session("x").await.unwrap();
+    s.validate_config(CONFIG).await.unwrap().unwrap();
+}
+
 async fn instantiate_only(plugin: &CompiledPlugin) {
     std::hint::black_box(plugin.session("x").await.unwrap());
 }
@@ -131,6 +136,7 @@ fn main() {
     let names = [
         "native baseline (no Wasm)",
         "instantiate only",
+        "instantiate + validate-config (1 call)",
         "instantiate + route + meter + price",
         "gateway flow (2 instances)",
     ];
@@ -147,7 +153,8 @@ fn main() {
                 match i {
                     0 => native(),
                     1 => rt.block_on(instantiate_only(&plugin)),
-                    2 => rt.block_on(one_instance(&plugin, &runtime)),
+                    2 => rt.block_on(validate_only(&plugin)),
+                    3 => rt.block_on(one_instance(&plugin, &runtime)),
                     _ => rt.block_on(two_instances(&plugin, &runtime)),
                 }
                 samples.push(started.elapsed());

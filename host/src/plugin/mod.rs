@@ -39,6 +39,9 @@ pub use metrics::{PluginMetrics, PluginStats};
 use sandbox::StoreState;
 pub use sandbox::{ALLOWED_IMPORT_PREFIXES, LogContext};
 
+/// The least deadline of admin-time calls (`describe`, `validate-config`).
+const ADMIN_DEADLINE: Duration = Duration::from_millis(250);
+
 /// The interval at which the epoch advances; deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -461,6 +464,23 @@ impl CompiledPlugin {
 
     /// A fresh instance for one request.
     pub async fn session(&self, request_id: &str) -> Result<Session, PluginError> {
+        self.session_with_deadline(request_id, self.shared.limits.deadline)
+            .await
+    }
+
+    /// A fresh instance for an admin-time call (`describe` at load,
+    /// `validate-config` at bind): no client is waiting on it, so a loaded
+    /// machine must not fail an upload or a binding over a few milliseconds.
+    async fn admin_session(&self, label: &str) -> Result<Session, PluginError> {
+        let deadline = self.shared.limits.deadline.max(ADMIN_DEADLINE);
+        self.session_with_deadline(label, deadline).await
+    }
+
+    async fn session_with_deadline(
+        &self,
+        request_id: &str,
+        deadline: Duration,
+    ) -> Result<Session, PluginError> {
         let limits = &self.shared.limits;
         let state = StoreState::new(
             limits.memory_bytes,
@@ -473,7 +493,7 @@ impl CompiledPlugin {
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(limits.deadline));
+        store.set_epoch_deadline(deadline_ticks(deadline));
         if limits.measure_fuel {
             store
                 .set_fuel(u64::MAX)
@@ -482,7 +502,7 @@ impl CompiledPlugin {
         let instance = match self.pre.instantiate_async(&mut store).await {
             Ok(instance) => instance,
             Err(e) => {
-                let error = classify(e, &store, limits);
+                let error = classify(e, &store, deadline, limits.memory_bytes);
                 self.stats.record(Duration::ZERO, true);
                 self.series.record_error(Capability::Describe, &error);
                 return Err(error);
@@ -491,6 +511,7 @@ impl CompiledPlugin {
         Ok(Session {
             store,
             instance,
+            deadline,
             series: self.series.clone(),
             shared: self.shared.clone(),
             stats: self.stats.clone(),
@@ -500,14 +521,14 @@ impl CompiledPlugin {
 
     /// Asks the plugin who it is.
     async fn describe(&self) -> Result<PluginInfo, PluginError> {
-        let mut session = self.session("load").await?;
+        let mut session = self.admin_session("load").await?;
         session.describe().await
     }
 
     /// Runs the plugin's config check in a fresh instance: `Ok(Err(msg))` is
     /// the plugin refusing the config.
     pub async fn validate_config(&self, config: &str) -> Result<Result<(), String>, PluginError> {
-        let mut session = self.session("validate-config").await?;
+        let mut session = self.admin_session("validate-config").await?;
         session.validate_config(config).await
     }
 }
@@ -525,6 +546,7 @@ fn deadline_ticks(deadline: Duration) -> u64 {
 pub struct Session {
     store: Store<StoreState>,
     instance: v0_1::AgencyPlugin,
+    deadline: Duration,
     series: Arc<metrics::PluginSeries>,
     shared: Arc<Shared>,
     stats: Arc<PluginStats>,
@@ -558,8 +580,7 @@ impl Session {
                 limit,
             });
         }
-        self.store
-            .set_epoch_deadline(deadline_ticks(self.shared.limits.deadline));
+        self.store.set_epoch_deadline(deadline_ticks(self.deadline));
         Ok(Instant::now())
     }
 
@@ -572,8 +593,8 @@ impl Session {
         let elapsed = started.elapsed();
         let limits = &self.shared.limits;
         let outcome = match result {
-            Err(_elapsed) => Err(PluginError::Timeout(limits.deadline)),
-            Ok(Err(e)) => Err(classify(e, &self.store, limits)),
+            Err(_elapsed) => Err(PluginError::Timeout(self.deadline)),
+            Ok(Err(e)) => Err(classify(e, &self.store, self.deadline, limits.memory_bytes)),
             Ok(Ok(value)) => {
                 let size = value.wire_size();
                 if size > limits.max_output_bytes {
@@ -605,7 +626,7 @@ impl Session {
 
     /// A hard stop above the epoch deadline, for time spent in host calls.
     fn hard_deadline(&self) -> Duration {
-        self.shared.limits.deadline + Duration::from_millis(50)
+        self.deadline + Duration::from_millis(50)
     }
 
     async fn describe(&mut self) -> Result<PluginInfo, PluginError> {
@@ -778,13 +799,14 @@ impl<T: WireSize> WireSize for ReportedOr<T> {
 fn classify(
     error: wasmtime::Error,
     store: &Store<StoreState>,
-    limits: &RuntimeLimits,
+    deadline: Duration,
+    memory_bytes: usize,
 ) -> PluginError {
     if store.data().limiter.hit_limit {
-        return PluginError::MemoryLimit(limits.memory_bytes);
+        return PluginError::MemoryLimit(memory_bytes);
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => PluginError::Timeout(limits.deadline),
+        Some(Trap::Interrupt) => PluginError::Timeout(deadline),
         Some(Trap::StackOverflow) => PluginError::StackOverflow,
         Some(Trap::UnreachableCodeReached) => {
             PluginError::Trap("unreachable code reached (a panic in Rust plugins)".into())
