@@ -54,12 +54,19 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
+/// sled's page cache. Its default (1 GiB) lets a busy gateway's resident
+/// memory grow far past what the ledger needs: writes are appends and reads
+/// are running aggregates the writer keeps in memory, so a small cache costs
+/// little.
+const CACHE_BYTES: u64 = 16 << 20;
+
 impl SledStore {
     /// Opens (or creates) the database at `path`. Sled's own background flusher is
     /// off: the engine decides when to flush, per durability mode.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(CACHE_BYTES)
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()?;
