@@ -99,7 +99,7 @@ impl<E: Exports> wit_plugin::Guest for E {
         request: w::RequestSummary,
         usage: w::Usage,
     ) -> Result<Vec<w::BusinessUnit>, String> {
-        let config = crate::parse_config::<<E::Plugin as Plugin>::Config>(&config)?;
+        let config = cached_config::<<E::Plugin as Plugin>::Config>(&config)?;
         let request = request_from_wit(request)?;
         let usage = usage_from_wit(usage)?;
         let units = <E::Plugin as Plugin>::meter(&config, &request, &usage)?;
@@ -112,7 +112,7 @@ impl<E: Exports> wit_plugin::Guest for E {
         usage: w::Usage,
         units: Vec<w::BusinessUnit>,
     ) -> Result<w::PriceQuote, String> {
-        let config = crate::parse_config::<<E::Plugin as Plugin>::Config>(&config)?;
+        let config = cached_config::<<E::Plugin as Plugin>::Config>(&config)?;
         let request = request_from_wit(request)?;
         let usage = usage_from_wit(usage)?;
         let units = units
@@ -125,6 +125,32 @@ impl<E: Exports> wit_plugin::Guest for E {
             description: quote.description,
         })
     }
+}
+
+thread_local! {
+    /// The last configuration parsed in this instance: `meter` and `price`
+    /// of one request get the same document, so it is parsed once.
+    static CONFIG: std::cell::RefCell<Option<(String, std::rc::Rc<dyn std::any::Any>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn cached_config<C: serde::de::DeserializeOwned + 'static>(
+    text: &str,
+) -> Result<std::rc::Rc<C>, String> {
+    let hit = CONFIG.with(|cache| {
+        cache
+            .borrow()
+            .as_ref()
+            .filter(|(cached, _)| cached == text)
+            .and_then(|(_, value)| value.clone().downcast::<C>().ok())
+    });
+    if let Some(config) = hit {
+        return Ok(config);
+    }
+    let parsed = std::rc::Rc::new(crate::parse_config::<C>(text)?);
+    let erased: std::rc::Rc<dyn std::any::Any> = parsed.clone();
+    CONFIG.with(|cache| *cache.borrow_mut() = Some((text.to_owned(), erased)));
+    Ok(parsed)
 }
 
 fn dec(field: &str, text: &str) -> Result<t::Decimal, String> {

@@ -65,7 +65,7 @@ pub mod prelude {
 pub trait Plugin {
     /// The configuration document an agency sets per client, parsed from
     /// JSON. An empty document is read as `{}`. Use [`NoConfig`] for none.
-    type Config: serde::de::DeserializeOwned;
+    type Config: serde::de::DeserializeOwned + 'static;
 
     /// One line on what the plugin does, shown by `tollgate plugin check`.
     const DESCRIPTION: &'static str = "";
