@@ -94,6 +94,12 @@ async fn validate_only(plugin: &CompiledPlugin) {
     s.validate_config(CONFIG).await.unwrap().unwrap();
 }
 
+async fn validate_twice(plugin: &CompiledPlugin) {
+    let mut s = plugin.session("x").await.unwrap();
+    s.validate_config(CONFIG).await.unwrap().unwrap();
+    s.validate_config(CONFIG).await.unwrap().unwrap();
+}
+
 async fn instantiate_only(plugin: &CompiledPlugin) {
     std::hint::black_box(plugin.session("x").await.unwrap());
 }
@@ -137,6 +143,7 @@ fn main() {
         "native baseline (no Wasm)",
         "instantiate only",
         "instantiate + validate-config (1 call)",
+        "instantiate + validate-config twice",
         "instantiate + route + meter + price",
         "gateway flow (2 instances)",
     ];
@@ -154,7 +161,8 @@ fn main() {
                     0 => native(),
                     1 => rt.block_on(instantiate_only(&plugin)),
                     2 => rt.block_on(validate_only(&plugin)),
-                    3 => rt.block_on(one_instance(&plugin, &runtime)),
+                    3 => rt.block_on(validate_twice(&plugin)),
+                    4 => rt.block_on(one_instance(&plugin, &runtime)),
                     _ => rt.block_on(two_instances(&plugin, &runtime)),
                 }
                 samples.push(started.elapsed());
