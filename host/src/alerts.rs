@@ -53,18 +53,21 @@ async fn deliver_pending(
     webhooks: &HashMap<String, Webhook>,
     client: &reqwest::Client,
 ) {
-    let pending = match ledger.pending_alerts(Utc::now(), BATCH) {
+    // Alerts of agencies without a webhook stay pending (they are read
+    // through the reports); filter them out before taking a batch, or they
+    // would crowd out everyone else's.
+    let pending = match ledger.pending_alerts(Utc::now(), usize::MAX) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the alert outbox");
             return;
         }
     };
-    for alert in pending {
-        // Agencies without a webhook read alerts through the reports.
-        let Some(hook) = webhooks.get(&alert.agency_id) else {
-            continue;
-        };
+    let deliverable = pending
+        .into_iter()
+        .filter_map(|alert| webhooks.get(&alert.agency_id).map(|hook| (alert, hook)))
+        .take(BATCH);
+    for (alert, hook) in deliverable {
         let outcome = post(ledger, client, hook, &alert).await;
         let marked = match outcome {
             Ok(()) => ledger.mark_delivered(alert.id).map(|_| ()),

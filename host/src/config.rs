@@ -382,6 +382,9 @@ struct Validator<'a> {
     file: &'a Path,
 }
 
+/// The largest price, cap or bound a config may set.
+const MAX_AMOUNT: u64 = 1_000_000_000;
+
 impl Validator<'_> {
     fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError {
@@ -389,6 +392,14 @@ impl Validator<'_> {
             key: key.into(),
             reason: reason.into(),
         }
+    }
+
+    /// Ids name things in keys and records: non-empty, printable, bounded.
+    fn id(&self, key: String, id: &str) -> Result<(), ConfigError> {
+        if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+            return Err(self.err(key, "must be 1 to 256 printable characters"));
+        }
+        Ok(())
     }
 
     fn decimal(&self, key: String, text: Option<&str>) -> Result<Decimal, ConfigError> {
@@ -406,6 +417,11 @@ impl Validator<'_> {
         })?;
         if value.is_sign_negative() && !value.is_zero() {
             return Err(self.err(&key, "must not be negative"));
+        }
+        // Far above any real price or cap, far below where exact arithmetic
+        // on token counts could overflow.
+        if value > Decimal::from(MAX_AMOUNT) {
+            return Err(self.err(&key, format!("must be at most {MAX_AMOUNT}")));
         }
         Ok(value)
     }
@@ -471,23 +487,26 @@ impl Validator<'_> {
 
         let plugins = PluginSettings {
             deadline: Duration::from_millis(raw.plugins.deadline_ms.unwrap_or(5)),
-            memory_bytes: raw.plugins.memory_mib.unwrap_or(32) << 20,
+            memory_bytes: match raw.plugins.memory_mib.unwrap_or(32) {
+                mib @ 1..=4096 => mib << 20,
+                _ => return Err(self.err("plugins.memory_mib", "must be between 1 and 4096")),
+            },
             default_surcharge_bound: match raw.plugins.default_surcharge_bound {
                 Some(b) => self.decimal("plugins.default_surcharge_bound".into(), Some(&b))?,
                 None => Decimal::ONE_HUNDRED,
             },
         };
-        if plugins.deadline.is_zero() || plugins.deadline > Duration::from_secs(10) {
-            return Err(self.err("plugins.deadline_ms", "must be between 1 and 10000"));
-        }
-        if !(1..=4096).contains(&(plugins.memory_bytes >> 20)) {
-            return Err(self.err("plugins.memory_mib", "must be between 1 and 4096"));
+        // Plugin calls run on the async workers; a long deadline would let a
+        // looping plugin hold a worker for that long.
+        if plugins.deadline.is_zero() || plugins.deadline > Duration::from_secs(1) {
+            return Err(self.err("plugins.deadline_ms", "must be between 1 and 1000"));
         }
 
         let mut provider_ids = HashSet::new();
         let mut providers = Vec::new();
         for (i, p) in raw.providers.into_iter().enumerate() {
             let key = |field: &str| format!("providers[{i}].{field}");
+            self.id(key("id"), &p.id)?;
             if !provider_ids.insert(p.id.clone()) {
                 return Err(self.err(key("id"), format!("provider {:?} is defined twice", p.id)));
             }
@@ -525,8 +544,16 @@ impl Validator<'_> {
             providers.push(ProviderSettings {
                 id: p.id,
                 kind,
-                connect_timeout: Duration::from_millis(p.connect_timeout_ms.unwrap_or(2_000)),
-                timeout: Duration::from_millis(p.timeout_ms.unwrap_or(120_000)),
+                connect_timeout: Duration::from_millis(
+                    match p.connect_timeout_ms.unwrap_or(2_000) {
+                        0 => return Err(self.err(key("connect_timeout_ms"), "must be at least 1")),
+                        ms => ms,
+                    },
+                ),
+                timeout: Duration::from_millis(match p.timeout_ms.unwrap_or(120_000) {
+                    0 => return Err(self.err(key("timeout_ms"), "must be at least 1")),
+                    ms => ms,
+                }),
                 max_retries: p.max_retries.unwrap_or(1).min(5),
             });
         }
@@ -535,6 +562,7 @@ impl Validator<'_> {
         let mut models = Vec::new();
         for (i, m) in raw.models.into_iter().enumerate() {
             let key = |field: &str| format!("models[{i}].{field}");
+            self.id(key("model"), &m.model)?;
             if !provider_ids.contains(&m.provider) {
                 return Err(self.err(
                     key("provider"),
@@ -587,6 +615,7 @@ impl Validator<'_> {
         let mut agencies = BTreeMap::new();
         let mut webhooks = BTreeMap::new();
         for (i, a) in raw.agencies.into_iter().enumerate() {
+            self.id(format!("agencies[{i}].id"), &a.id)?;
             if agencies
                 .insert(a.id.clone(), a.name.unwrap_or_else(|| a.id.clone()))
                 .is_some()
@@ -631,6 +660,7 @@ impl Validator<'_> {
         let mut clients = Vec::new();
         for (i, c) in raw.clients.into_iter().enumerate() {
             let key = |field: &str| format!("clients[{i}].{field}");
+            self.id(key("id"), &c.id)?;
             if !agencies.contains_key(&c.agency) {
                 return Err(self.err(
                     key("agency"),
@@ -733,7 +763,9 @@ impl Validator<'_> {
             });
         }
         let mut keys = Vec::new();
+        let mut key_hashes = HashSet::new();
         for (i, k) in raw.keys.into_iter().enumerate() {
+            self.id(format!("keys[{i}].app"), &k.app)?;
             if !client_ids.contains(&k.client) {
                 return Err(self.err(
                     format!("keys[{i}].client"),
@@ -747,6 +779,12 @@ impl Validator<'_> {
                     "must be 64 hex digits (the sha256 of the key)",
                 )
             })?;
+            if !key_hashes.insert(sha256) {
+                return Err(self.err(
+                    format!("keys[{i}].sha256"),
+                    "the same key is listed twice (each key belongs to one app)",
+                ));
+            }
             keys.push(KeySettings {
                 client: k.client,
                 app: k.app,

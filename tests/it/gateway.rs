@@ -721,6 +721,35 @@ async fn crossing_a_spend_threshold_sends_one_signed_webhook() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_on_a_whole_answer_is_still_recorded_once() {
+    let gw = gateway::start_with(
+        vec![ClientSpec::new("acme", "hostile", "ok")],
+        Options {
+            upstream_timeout: Duration::from_secs(5),
+            ..Options::default()
+        },
+    )
+    .await;
+    gw.mock
+        .set_behaviour("mini-ok", Behaviour::Slow(Duration::from_millis(800)));
+    let gave_up = gw
+        .post("acme", "/v1/chat/completions")
+        .timeout(Duration::from_millis(200))
+        .json(&chat("mini-ok", "hi"))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client should have timed out");
+    // The provider still answers after the client left: the request is
+    // billed once and its reservation settled.
+    let recs = wait_for_records(&gw, "acme", 1).await;
+    assert_eq!(recs.len(), 1);
+    assert!(!recs[0].record.flags.failed);
+    assert!(recs[0].record.provider_cost > Decimal::ZERO);
+    assert_eq!(gw.state.ledger.outstanding("acme").unwrap(), Decimal::ZERO);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_limit_gets_429_before_anything_else() {
     let gw = gateway::start(vec![
         ClientSpec::new("limited", "hostile", "ok").rate_limited(2),

@@ -355,6 +355,23 @@ async fn oversized_input_is_refused_before_the_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_surcharge_bound_is_clamped_to_the_operators_ceiling() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    let mut session = plugin.session("bound").await.unwrap();
+    let decision = session
+        .route("huge-bound", &request("demo-mini"), &offers())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(decision.surcharge_bound.unwrap() > rust_decimal::Decimal::from(1_000_000_000u64));
+    assert_eq!(
+        runtime.surcharge_bound(&decision),
+        runtime.limits().default_surcharge_bound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_is_checked_by_the_plugins_own_validation() {
     let (runtime, _) = support::runtime();
     let plugin = runtime.load(plugin_bytes("support-desk")).await.unwrap();

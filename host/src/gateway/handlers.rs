@@ -29,6 +29,8 @@ type Shared = Arc<AppState>;
 const MAX_TAGS: usize = 32;
 const MAX_TAG_KEY: usize = 64;
 const MAX_TAG_VALUE: usize = 512;
+/// How long a stream may go without an event before it counts as cut off.
+const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 /// Largest upstream body read whole (non-streaming answers).
 const MAX_UPSTREAM_BODY: usize = 32 << 20;
 const TAG_HEADER_PREFIX: &str = "x-tollgate-tag-";
@@ -329,6 +331,29 @@ async fn handle(
         tags: tags_of(&headers, &body)?,
     };
     let prepared = pipeline::prepare(&state, caller, incoming).await?;
+    // From here the provider may be called and the reservation must end in
+    // a record even if the client goes away and this handler is dropped: the
+    // rest runs on a task of its own.
+    let finishing = tokio::spawn(
+        finish(state, prepared, body, endpoint, stream, client_wants_usage).in_current_span(),
+    );
+    match finishing.await {
+        Ok(result) => result,
+        Err(error) => {
+            tracing::error!(%error, "request task failed");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+async fn finish(
+    state: Shared,
+    prepared: Prepared,
+    body: Value,
+    endpoint: Endpoint,
+    stream: bool,
+    client_wants_usage: bool,
+) -> Result<Response, ApiError> {
     let path = match endpoint {
         Endpoint::ChatCompletions => UpstreamPath::ChatCompletions,
         Endpoint::Embeddings => UpstreamPath::Embeddings,
@@ -375,14 +400,21 @@ async fn upstream_refusal(
         .unwrap_or_default();
     pipeline::settle_failed(state, prepared, Some(&answer.entry)).await?;
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    // Only errors about the client's own request are passed through; a 401,
+    // 403 or 404 from the provider is about our credentials or catalog and
+    // must not reach the client (nor leak key fragments or upstream names).
+    let passes_through = matches!(status, 400 | 413 | 422);
+    if !passes_through {
+        tracing::warn!(status, body = %String::from_utf8_lossy(&body), "provider refused the request");
+    }
     match parsed {
-        Some(json) if json.get("error").is_some() => {
+        Some(json) if passes_through && json.get("error").is_some() => {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             Ok((code, axum::Json(json)).into_response())
         }
         _ => Err(ApiError::upstream(
             false,
-            &format!("{} answered HTTP {status}", answer.entry.offer.provider),
+            &format!("the provider answered HTTP {status}"),
         )),
     }
 }
@@ -394,9 +426,17 @@ async fn whole_response(
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let entry = answer.entry;
-    let body = match collect(answer.response.body, MAX_UPSTREAM_BODY).await {
+    let timeout = state
+        .upstreams
+        .get(&entry.offer.provider)
+        .map_or(STREAM_IDLE, |(_, settings)| settings.timeout);
+    let collected = tokio::time::timeout(timeout, collect(answer.response.body, MAX_UPSTREAM_BODY))
+        .await
+        .unwrap_or_else(|_| Err(format!("the answer did not complete within {timeout:?}")));
+    let body = match collected {
         Ok(body) => body,
         Err(detail) => {
+            tracing::info!(%detail, "upstream body failed");
             pipeline::settle_failed(state, prepared, Some(&entry)).await?;
             return Err(ApiError::upstream(false, &detail));
         }
@@ -430,11 +470,27 @@ async fn whole_response(
                     .get("choices")
                     .and_then(Value::as_array)
                     .map(|choices| {
-                        choices
-                            .iter()
-                            .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
-                            .map(tokens::count_text)
-                            .sum()
+                        let mut text = String::new();
+                        for choice in choices {
+                            for pointer in ["/message/content", "/message/refusal"] {
+                                if let Some(t) = choice.pointer(pointer).and_then(Value::as_str) {
+                                    text.push_str(t);
+                                }
+                            }
+                            for call in choice
+                                .pointer("/message/tool_calls")
+                                .and_then(Value::as_array)
+                                .into_iter()
+                                .flatten()
+                            {
+                                if let Some(t) =
+                                    call.pointer("/function/arguments").and_then(Value::as_str)
+                                {
+                                    text.push_str(t);
+                                }
+                            }
+                        }
+                        tokens::count_text(&text)
                     })
                     .unwrap_or(0),
                 Endpoint::Embeddings => 0,
@@ -514,10 +570,22 @@ async fn forward_stream(
         let chunk = tokio::select! {
             biased;
             _ = tx.closed() => { client_gone = true; break 'read; }
-            chunk = body.next() => chunk,
+            chunk = tokio::time::timeout(STREAM_IDLE, body.next()) => match chunk {
+                Ok(chunk) => chunk,
+                Err(_) => {
+                    tracing::info!(idle = ?STREAM_IDLE, "upstream stream went silent; cutting it off");
+                    cut_off = true;
+                    break 'read;
+                }
+            },
         };
         let bytes = match chunk {
-            None => break,
+            None => {
+                if parser.finish().is_some_and(|e| e.data == "[DONE]") {
+                    done = true;
+                }
+                break;
+            }
             Some(Ok(bytes)) => bytes,
             Some(Err(error)) => {
                 tracing::info!(%error, "upstream stream failed");
@@ -538,27 +606,35 @@ async fn forward_stream(
                 done = true;
                 break 'read;
             }
+            let mut frame = event.raw;
             let json: Option<Value> = serde_json::from_str(&event.data).ok();
-            if let Some(json) = &json {
-                if let Some(u) = json.get("usage").filter(|u| u.is_object()) {
-                    usage = Some(u.clone());
+            if let Some(mut json) = json {
+                let has_usage = json.get("usage").is_some_and(Value::is_object);
+                if has_usage {
+                    usage = json.get("usage").cloned();
                 }
                 let choices = json.get("choices").and_then(Value::as_array);
-                if choices.is_none_or(|c| c.is_empty()) && json.get("usage").is_some() {
+                if choices.is_none_or(|c| c.is_empty()) && has_usage {
                     // The usage-only chunk: held back until billed.
-                    usage_event = Some(json.clone());
+                    usage_event = Some(json);
                     continue;
                 }
                 for choice in choices.into_iter().flatten() {
-                    if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
-                        delivered.push_str(text);
-                    }
+                    collect_delivered(choice, &mut delivered);
                     if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                         finish = Some(reason.to_owned());
                     }
                 }
+                // Some providers put usage on a chunk that also has choices:
+                // a client that did not ask for usage must not see it.
+                if has_usage && !client_wants_usage {
+                    if let Some(obj) = json.as_object_mut() {
+                        obj.remove("usage");
+                    }
+                    frame = Bytes::from(format!("data: {json}\n\n"));
+                }
             }
-            if tx.send(Ok(event.raw)).await.is_err() {
+            if tx.send(Ok(frame)).await.is_err() {
                 client_gone = true;
                 break 'read;
             }
@@ -611,6 +687,15 @@ async fn forward_stream(
         return;
     }
     if client_wants_usage {
+        // The figures shown are the ones billed: the provider's usage when it
+        // sent one, else the host's estimate.
+        let shown_usage = usage.clone().unwrap_or_else(|| {
+            json!({
+                "prompt_tokens": prepared.summary.estimated_prompt_tokens,
+                "completion_tokens": tokens::count_text(&delivered),
+                "total_tokens": prepared.summary.estimated_prompt_tokens + tokens::count_text(&delivered),
+            })
+        });
         let mut event = usage_event.unwrap_or_else(|| {
             json!({
                 "id": "chatcmpl-tollgate",
@@ -618,11 +703,7 @@ async fn forward_stream(
                 "created": prepared.started_at.timestamp(),
                 "model": answer.entry.offer.model,
                 "choices": [],
-                "usage": {
-                    "prompt_tokens": prepared.summary.estimated_prompt_tokens,
-                    "completion_tokens": tokens::count_text(&delivered),
-                    "total_tokens": prepared.summary.estimated_prompt_tokens + tokens::count_text(&delivered),
-                },
+                "usage": shown_usage,
             })
         });
         if let Some(obj) = event.as_object_mut() {
@@ -641,6 +722,32 @@ async fn forward_stream(
     }
     if done {
         let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+    }
+}
+
+/// Appends the text a streamed choice delivered: content, refusals,
+/// reasoning and tool-call arguments all cost output tokens.
+fn collect_delivered(choice: &Value, delivered: &mut String) {
+    for pointer in [
+        "/delta/content",
+        "/delta/refusal",
+        "/delta/reasoning_content",
+    ] {
+        if let Some(text) = choice.pointer(pointer).and_then(Value::as_str) {
+            delivered.push_str(text);
+        }
+    }
+    for call in choice
+        .pointer("/delta/tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for pointer in ["/function/name", "/function/arguments"] {
+            if let Some(text) = call.pointer(pointer).and_then(Value::as_str) {
+                delivered.push_str(text);
+            }
+        }
     }
 }
 

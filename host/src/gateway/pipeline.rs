@@ -40,8 +40,9 @@ pub struct Prepared {
     pub route_failed_open: Option<PluginError>,
     /// The surcharge bound `price` is held to.
     pub bound: Decimal,
-    /// The spend reservation this request settles.
-    pub reservation: Reservation,
+    /// The spend reservation this request settles (none when nothing can be
+    /// charged: a free model with a zero surcharge bound).
+    pub reservation: Option<Reservation>,
     /// When the request arrived.
     pub started_at: DateTime<Utc>,
 }
@@ -154,10 +155,16 @@ pub async fn prepare(
         state.runtime.surcharge_bound(&decision)
     };
     let estimate = max_cost(&decision, &offers, &summary) + bound;
-    let reservation = state
-        .ledger
-        .reserve(&client.id, estimate)
-        .map_err(|e| ApiError::from_ledger(&e))?;
+    let reservation = if estimate.is_zero() {
+        None
+    } else {
+        Some(
+            state
+                .ledger
+                .reserve(&client.id, estimate)
+                .map_err(|e| ApiError::from_ledger(&e))?,
+        )
+    };
     Ok(Prepared {
         caller,
         summary,
@@ -580,7 +587,8 @@ async fn record(
         app_id: Some(summary.app_id.clone()),
         end_user_id: summary.end_user.clone(),
         started_at: prepared.started_at,
-        finished_at: Utc::now(),
+        // A wall clock stepped back must not make the record invalid.
+        finished_at: Utc::now().max(prepared.started_at),
         requested_model: summary.requested_model.clone(),
         requested_provider: None,
         routed_model: bill.served_by.model.clone(),
@@ -605,7 +613,7 @@ async fn record(
             version: plugin.info().version.clone(),
         },
         flags: bill.flags,
-        reservation_id: Some(prepared.reservation.id),
+        reservation_id: prepared.reservation.as_ref().map(|r| r.id),
     };
     // The same idempotency key makes retries safe: a retry after a lost
     // acknowledgement is recorded once.
@@ -619,6 +627,7 @@ async fn record(
             Err(e @ tollgate_ledger::LedgerError::Overloaded { .. }) => {
                 tracing::warn!(attempt, error = %e, "ledger overloaded; retrying the usage record");
                 last_error = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(10 << (attempt * 2))).await;
             }
             Err(e) => {
                 last_error = Some(e);
@@ -628,21 +637,26 @@ async fn record(
     }
     let error = last_error.map(|e| e.to_string()).unwrap_or_default();
     state.metrics.record_failed();
-    // Logged in full so an operator can replay it; never silently dropped.
+    release(state, prepared);
+    // The provider has answered and the client gets the answer: withholding
+    // it would only make the client retry and pay for a second provider call.
+    // The record is logged in full, counted in
+    // `tollgate_usage_record_failures_total`, and can be replayed (its
+    // idempotency key makes a replay count once).
     tracing::error!(
         error = %error,
         record = %serde_json::to_string(&record).unwrap_or_default(),
-        "USAGE RECORD NOT WRITTEN"
+        "USAGE RECORD NOT WRITTEN: the answer was served; replay this record"
     );
-    Err(ApiError::unavailable(
-        "the usage ledger could not record this request; it was logged for replay",
-    ))
+    Ok(())
 }
 
 /// Releases a reservation for a request that ends without a record (only
 /// before any provider was called).
 pub fn release(state: &AppState, prepared: &Prepared) {
-    if let Err(e) = state.ledger.release(prepared.reservation.id) {
+    if let Some(reservation) = &prepared.reservation
+        && let Err(e) = state.ledger.release(reservation.id)
+    {
         tracing::warn!(error = %e, "could not release a reservation");
     }
 }

@@ -44,6 +44,17 @@ impl Parser {
     }
 }
 
+impl Parser {
+    /// At the end of the stream: the last event if the sender omitted the
+    /// final blank line (some do after `data: [DONE]`).
+    pub fn finish(&mut self) -> Option<Event> {
+        if self.buffer.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        self.push(b"\n\n").ok()?.pop()
+    }
+}
+
 /// Position of the first blank line, and its length (`\n\n` or `\r\n\r\n`).
 fn find_boundary(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
@@ -72,6 +83,9 @@ mod tests {
         assert_eq!(events[1].data, "[DONE]");
         let crlf = p.push(b": comment\r\ndata: x\r\n\r\n").unwrap();
         assert_eq!(crlf[0].data, "x");
+        assert_eq!(p.finish(), None);
+        p.push(b"data: [DONE]\n").unwrap();
+        assert_eq!(p.finish().map(|e| e.data), Some("[DONE]".to_owned()));
     }
 
     #[test]

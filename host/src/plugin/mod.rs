@@ -62,7 +62,8 @@ pub struct RuntimeLimits {
     pub max_component_bytes: usize,
     /// Most instances alive at once (the pool's size).
     pub max_instances: u32,
-    /// Surcharge bound used when a route declares none.
+    /// The most a plugin may charge on one request: the bound used when a
+    /// route declares none, and the ceiling of any bound it declares.
     pub default_surcharge_bound: Decimal,
     /// Count fuel (≈ executed Wasm operations) per call. Costs speed; meant
     /// for `tollgate plugin run`, not for serving.
@@ -278,10 +279,14 @@ impl PluginRuntime {
     }
 
     /// The bound a `price` result is held to for a request routed by `decision`.
+    /// The bound is the route's own, clamped to the operator's per-request
+    /// ceiling (`default_surcharge_bound`, also used when the route declares
+    /// none), so no plugin can make the host reserve absurd amounts.
     pub fn surcharge_bound(&self, decision: &RouteDecision) -> Decimal {
+        let ceiling = self.shared.limits.default_surcharge_bound;
         decision
             .surcharge_bound
-            .unwrap_or(self.shared.limits.default_surcharge_bound)
+            .map_or(ceiling, |bound| bound.min(ceiling))
     }
 
     fn cached(&self, hash: &ContentHash) -> Option<Arc<CompiledPlugin>> {

@@ -7,6 +7,7 @@
 //! `snoop` (file, socket, environment), `clock` (reports clock and random),
 //! `counter` (reports a per-instance counter), `negative-surcharge`,
 //! `malformed-surcharge`, `unknown-model`, `absurd-units`, `bad-unit-name`,
+//! `huge-bound` (declares an absurd surcharge bound),
 //! `ok` (behaves). Anything else behaves too.
 #![allow(
     clippy::unwrap_used,
@@ -188,7 +189,7 @@ impl Guest for Hostile {
         Ok(RouteDecision {
             primary,
             fallbacks: Vec::new(),
-            surcharge_bound: None,
+            surcharge_bound: (mode == "huge-bound").then(|| "9999999999999999999999999999".into()),
         })
     }
 
