@@ -109,7 +109,7 @@ impl GatewayMetrics {
                 status,
             })
             .inc();
-        // Prometheus histograms take f64 seconds; this is timing, not money.
+        // Prometheus histograms observe seconds as floating point: a duration, not an amount.
         self.duration
             .get_or_create(&EndpointLabels {
                 endpoint: endpoint.to_owned(),

@@ -150,7 +150,7 @@ impl PluginSeries {
     ) {
         let i = index(capability);
         self.calls[i].inc();
-        // Prometheus histograms take f64 seconds; this is timing, not money.
+        // Prometheus histograms observe seconds as floating point: a duration, not an amount.
         self.latency[i].observe(elapsed.as_secs_f64());
         if let Some(error) = error {
             self.record_error(capability, error);
