@@ -355,6 +355,30 @@ async fn oversized_input_is_refused_before_the_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_is_reported_as_capacity_not_a_plugin_failure() {
+    let (runtime, _) = support::runtime_with(RuntimeLimits {
+        max_instances: 2,
+        deadline: support::TEST_DEADLINE,
+        ..RuntimeLimits::default()
+    });
+    let plugin = runtime.load(plugin_bytes("support-desk")).await.unwrap();
+    let held: Vec<_> = vec![
+        plugin.session("a").await.unwrap(),
+        plugin.session("b").await.unwrap(),
+    ];
+    match plugin.session("c").await {
+        Err(PluginError::Instantiate(_)) => {}
+        Err(other) => panic!("expected Instantiate, got {other}"),
+        Ok(_) => panic!("a third instance fit in a pool of two"),
+    }
+    drop(held);
+    assert!(
+        plugin.session("d").await.is_ok(),
+        "slots come back when sessions end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_surcharge_bound_is_clamped_to_the_operators_ceiling() {
     let (runtime, _) = support::runtime();
     let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();

@@ -124,6 +124,14 @@ pub async fn prepare(
     let binding = &client.binding;
     let routed = match binding.plugin.session(&summary.request_id).await {
         Ok(mut session) => session.route(&binding.config, &summary, &offers).await,
+        // No instance slot is free: the gateway is at capacity. That is not
+        // the plugin's failure, so its policy does not apply.
+        Err(PluginError::Instantiate(detail)) => {
+            tracing::warn!(%detail, "no plugin instance available");
+            return Err(ApiError::unavailable(
+                "the gateway is at capacity; retry shortly",
+            ));
+        }
         Err(e) => Err(e),
     };
     let (decision, route_failed_open) = match policy::route_outcome(
