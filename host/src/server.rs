@@ -213,8 +213,13 @@ pub async fn build_state(config: &Config) -> Result<Arc<AppState>, StartError> {
         registry,
         max_body_bytes: config.server.max_body_bytes,
         background: std::sync::Mutex::new(vec![alerts.abort_handle()]),
+        requests: tokio_util::task::TaskTracker::new(),
     }))
 }
+
+/// How long shutdown waits for requests still finishing after their
+/// clients left (streams being metered and recorded).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Binds `addr`.
 pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
@@ -241,6 +246,26 @@ pub async fn serve(
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    // Streams whose clients left may still be metering and recording.
+    state.requests.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, state.requests.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            in_flight = state.requests.len(),
+            "shutdown grace ran out with requests still finishing; their usage records may be missing"
+        );
+    }
+    let background = std::mem::take(
+        &mut *state
+            .background
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for task in background {
+        task.abort();
+    }
     if let Err(e) = state.ledger.flush() {
         tracing::error!(error = %e, "ledger flush at shutdown failed");
     }

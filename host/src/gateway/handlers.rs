@@ -334,7 +334,7 @@ async fn handle(
     // From here the provider may be called and the reservation must end in
     // a record even if the client goes away and this handler is dropped: the
     // rest runs on a task of its own.
-    let finishing = tokio::spawn(
+    let finishing = state.clone().requests.spawn(
         finish(state, prepared, body, endpoint, stream, client_wants_usage).in_current_span(),
     );
     match finishing.await {
@@ -543,7 +543,9 @@ fn stream_response(
         "x-tollgate-currency",
         &prepared.summary.currency,
     );
-    tokio::spawn(forward_stream(state, prepared, answer, client_wants_usage, tx).in_current_span());
+    let tracker = state.requests.clone();
+    tracker
+        .spawn(forward_stream(state, prepared, answer, client_wants_usage, tx).in_current_span());
     let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));

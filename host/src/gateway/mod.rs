@@ -47,6 +47,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Background tasks (alert delivery) stopped with the server.
     pub background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Request tasks that must finish (and record) before shutdown ends.
+    pub requests: tokio_util::task::TaskTracker,
 }
 
 /// The data-path router.
