@@ -8,7 +8,6 @@
 //! settles its reservation.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -359,18 +358,6 @@ pub struct Consumption {
 }
 
 impl Consumption {
-    /// Nothing consumed: the request failed at the provider.
-    pub fn failed() -> Self {
-        Self {
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cached_tokens: 0,
-            outcome: Outcome::Failed,
-            estimated: false,
-            partial: false,
-        }
-    }
-
     /// Reads an OpenAI `usage` object.
     pub fn from_usage(usage: &Value, outcome: Outcome) -> Option<Self> {
         let count = |pointer: &str| {
@@ -668,6 +655,3 @@ pub fn release(state: &AppState, prepared: &Prepared) {
         tracing::warn!(error = %e, "could not release a reservation");
     }
 }
-
-/// Shared handle type used by handlers.
-pub type State = Arc<AppState>;
