@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Durability;
 use crate::config::LedgerConfig;
+use crate::control::{ControlStore, MemoryControlStore, SledControlStore};
 use crate::engine::{Command, Job, Reply, Reservation, Shared, run_flusher, run_writer};
 use crate::error::LedgerError;
 use crate::model::{
@@ -37,6 +38,7 @@ pub struct Balance {
 
 struct Inner {
     shared: Arc<Shared>,
+    control: Arc<dyn ControlStore>,
     tx: Option<flume::Sender<Job>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     flusher_stop: Option<flume::Sender<()>>,
@@ -82,12 +84,22 @@ impl Ledger {
             Some(p) => SledStore::open(p)?,
             None => SledStore::temporary()?,
         };
-        Self::open_with_store(Arc::new(store), config)
+        let control = SledControlStore::new(store.db())?;
+        Self::open_with_stores(Arc::new(store), Arc::new(control), config)
     }
 
-    /// Opens the ledger on any [`LedgerStore`].
+    /// Opens the ledger on any [`LedgerStore`], with an in-memory control store.
     pub fn open_with_store(
         store: Arc<dyn LedgerStore>,
+        config: LedgerConfig,
+    ) -> Result<Ledger, LedgerError> {
+        Self::open_with_stores(store, Arc::new(MemoryControlStore::default()), config)
+    }
+
+    /// Opens the ledger on any [`LedgerStore`] and [`ControlStore`].
+    pub fn open_with_stores(
+        store: Arc<dyn LedgerStore>,
+        control: Arc<dyn ControlStore>,
         config: LedgerConfig,
     ) -> Result<Ledger, LedgerError> {
         if config.queue_capacity == 0 || config.max_batch == 0 {
@@ -118,12 +130,19 @@ impl Ledger {
         Ok(Ledger {
             inner: Arc::new(Inner {
                 shared,
+                control,
                 tx: Some(tx),
                 writer: Mutex::new(Some(handle)),
                 flusher_stop,
                 flusher: Mutex::new(flusher),
             }),
         })
+    }
+
+    /// The control-plane store (admin documents, plugin binaries, audit log)
+    /// that lives beside the usage records.
+    pub fn control(&self) -> Arc<dyn ControlStore> {
+        Arc::clone(&self.inner.control)
     }
 
     fn shared(&self) -> &Shared {
@@ -379,6 +398,23 @@ impl Ledger {
 
     /// An agency's payout for a closed period.
     pub fn payout(&self, agency_id: &str, period: Period) -> Result<Payout, LedgerError> {
+        self.payout_with_fee(agency_id, period, self.shared().cfg.platform_fee_pct)
+    }
+
+    /// An agency's payout for a closed period with the platform fee `fee_pct`
+    /// (percent) instead of the configured default: the operator may set a
+    /// fee per agency.
+    pub fn payout_with_fee(
+        &self,
+        agency_id: &str,
+        period: Period,
+        fee_pct: Decimal,
+    ) -> Result<Payout, LedgerError> {
+        if fee_pct < Decimal::ZERO || fee_pct > Decimal::ONE_HUNDRED {
+            return Err(LedgerError::InvalidArgument(format!(
+                "platform fee {fee_pct}% is outside 0..=100"
+            )));
+        }
         let cal = self.calendar();
         if !cal.is_closed(period, self.now()) {
             return Err(LedgerError::PeriodOpen {
@@ -386,13 +422,7 @@ impl Ledger {
                 closes_at: cal.end(period) + cal.grace,
             });
         }
-        statement::payout(
-            self.shared(),
-            self.currency(),
-            agency_id,
-            period,
-            self.shared().cfg.platform_fee_pct,
-        )
+        statement::payout(self.shared(), self.currency(), agency_id, period, fee_pct)
     }
 
     /// What is owed to each upstream provider for a period.

@@ -10,6 +10,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod control;
 mod engine;
 pub mod error;
 mod ledger;
@@ -24,6 +25,10 @@ pub mod verify;
 
 pub use alerts::{AlertPayload, Backoff, SignedHeaders, sign_payload, verify_signature};
 pub use config::{Clock, Durability, LedgerConfig, ManualClock};
+pub use control::{
+    AuditEntry, AuditQuery, ControlChange, ControlError, ControlStore, Document, DocumentWrite,
+    MemoryControlStore, SledControlStore,
+};
 pub use engine::Reservation;
 pub use error::{LedgerError, StoreError};
 pub use ledger::{Balance, Ledger};

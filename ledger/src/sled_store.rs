@@ -82,6 +82,11 @@ impl SledStore {
         Self::from_db(db)
     }
 
+    /// The database handle, for the control-plane store that shares it.
+    pub(crate) fn db(&self) -> sled::Db {
+        self.db.clone()
+    }
+
     fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
         let tree = db.open_tree("ledger")?;
         Ok(SledStore { db, tree })
