@@ -27,7 +27,7 @@ const BATCH: usize = 32;
 /// Starts the delivery loop; it polls every `interval` until the runtime stops.
 pub fn spawn(
     ledger: Ledger,
-    webhooks: Arc<HashMap<String, Webhook>>,
+    webhooks: Arc<arc_swap::ArcSwap<HashMap<String, Webhook>>>,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -42,7 +42,9 @@ pub fn spawn(
             }
         };
         loop {
-            deliver_pending(&ledger, &webhooks, &client).await;
+            // The admin API changes webhooks at run time.
+            let current = webhooks.load_full();
+            deliver_pending(&ledger, &current, &client).await;
             tokio::time::sleep(interval).await;
         }
     })

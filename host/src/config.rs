@@ -58,6 +58,7 @@ struct RawServer {
     max_body_bytes: Option<usize>,
     operator_token_env: Option<String>,
     alert_poll_ms: Option<u64>,
+    max_plugin_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -147,10 +148,14 @@ pub struct ServerSettings {
     pub listen: std::net::SocketAddr,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
-    /// Environment variable holding the operator token, if any.
-    pub operator_token_env: Option<String>,
+    /// sha256 of the operator's admin token, read from the environment
+    /// variable `server.operator_token_env` names (default
+    /// `TOLLGATE_OPERATOR_TOKEN`); `None` when unset.
+    pub operator_token_sha256: Option<[u8; 32]>,
     /// How often the alert outbox is drained.
     pub alert_poll: Duration,
+    /// Largest plugin component the admin API accepts.
+    pub max_plugin_bytes: usize,
 }
 
 /// Ledger settings.
@@ -382,8 +387,12 @@ struct Validator<'a> {
     file: &'a Path,
 }
 
-/// The largest price, cap or bound a config may set.
-const MAX_AMOUNT: u64 = 1_000_000_000;
+/// Where the operator token is read from when `server.operator_token_env`
+/// is not set.
+pub const DEFAULT_OPERATOR_TOKEN_ENV: &str = "TOLLGATE_OPERATOR_TOKEN";
+
+/// The largest amount (price, cap, top-up) accepted anywhere.
+pub const MAX_AMOUNT: u64 = 1_000_000_000;
 
 impl Validator<'_> {
     fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -426,6 +435,33 @@ impl Validator<'_> {
         Ok(value)
     }
 
+    /// The operator token's hash, from the environment.
+    fn operator_token(&self, env: Option<&str>) -> Result<Option<[u8; 32]>, ConfigError> {
+        let (name, required) = match env {
+            Some(name) => (name, true),
+            None => (DEFAULT_OPERATOR_TOKEN_ENV, false),
+        };
+        let token = match std::env::var(name) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+            _ if required => {
+                return Err(self.err(
+                    "server.operator_token_env",
+                    format!("the environment variable {name} is not set"),
+                ));
+            }
+            _ => return Ok(None),
+        };
+        if !token.starts_with(crate::gateway::tenancy::ADMIN_TOKEN_PREFIX) || token.len() < 41 {
+            return Err(self.err(
+                "server.operator_token_env",
+                format!(
+                    "the token in {name} must start with `tg_admin_` and carry at least 32 random characters"
+                ),
+            ));
+        }
+        Ok(Some(crate::gateway::tenancy::hash_key(&token)))
+    }
+
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let base_dir = self.file.parent().unwrap_or(Path::new("."));
         let listen = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
@@ -437,9 +473,16 @@ impl Validator<'_> {
                 )
             })?,
             max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
-            operator_token_env: raw.server.operator_token_env,
+            operator_token_sha256: self.operator_token(raw.server.operator_token_env.as_deref())?,
             alert_poll: Duration::from_millis(raw.server.alert_poll_ms.unwrap_or(1000).max(10)),
+            max_plugin_bytes: raw.server.max_plugin_bytes.unwrap_or(16 << 20),
         };
+        if !(1024..=256 << 20).contains(&server.max_plugin_bytes) {
+            return Err(self.err(
+                "server.max_plugin_bytes",
+                "must be between 1024 and 268435456",
+            ));
+        }
         if server.max_body_bytes < 1024 {
             return Err(self.err("server.max_body_bytes", "must be at least 1024"));
         }

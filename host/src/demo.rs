@@ -173,8 +173,9 @@ pub fn demo_config(
         server: ServerSettings {
             listen,
             max_body_bytes: 4 << 20,
-            operator_token_env: None,
+            operator_token_sha256: Some(hash_key(&credentials.operator_token)),
             alert_poll: std::time::Duration::from_millis(200),
+            max_plugin_bytes: 16 << 20,
         },
         ledger: LedgerSettings {
             data_dir: data_dir.to_owned(),

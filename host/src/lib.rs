@@ -4,6 +4,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the map of modules.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod alerts;
 pub mod cli;
 pub mod config;

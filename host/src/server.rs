@@ -5,7 +5,6 @@
 //! plugin loads and accepts its configuration (through the plugin's own
 //! validation export), the ledger opens, the currency and timezone exist.
 
-use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -16,7 +15,8 @@ use tollgate_ledger::{Calendar, Currency, Ledger, LedgerConfig};
 use crate::config::{Config, ConfigError, Durability};
 use crate::gateway::catalog::Catalog;
 use crate::gateway::metrics::GatewayMetrics;
-use crate::gateway::tenancy::{AppKey, Binding, ClientEntry, Directory};
+use crate::admin::{Admin, AdminSettings, seed};
+use crate::gateway::tenancy::Directory;
 use crate::gateway::{self, AppState};
 use crate::plugin::{PluginMetrics, PluginRuntime, RuntimeLimits};
 use crate::upstream::Upstreams;
@@ -36,6 +36,9 @@ pub enum StartError {
     /// An upstream client could not be built.
     #[error("cannot set up provider clients: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
+    /// The control store could not be read or written.
+    #[error("cannot load tenants and plugins: {0}")]
+    Admin(#[from] crate::admin::AdminError),
     /// The listen socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -114,97 +117,32 @@ pub async fn build_state(config: &Config) -> Result<Arc<AppState>, StartError> {
         },
         plugin_metrics,
     )?;
-    let mut directory = Directory::default();
-    for (i, client) in config.clients.iter().enumerate() {
-        let key = |field: &str| format!("clients[{i}].{field}");
-        let bytes = std::fs::read(&client.plugin).map_err(|e| {
-            config_error(
-                config,
-                key("plugin"),
-                format!("cannot read {}: {e}", client.plugin.display()),
-            )
-        })?;
-        let plugin = runtime
-            .load(bytes)
-            .await
-            .map_err(|e| config_error(config, key("plugin"), e.to_string()))?;
-        match plugin.validate_config(&client.plugin_config).await {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => {
-                return Err(config_error(config, key("plugin_config"), message).into());
-            }
-            Err(e) => {
-                return Err(config_error(
-                    config,
-                    key("plugin"),
-                    format!("the plugin failed validating its config: {e}"),
-                )
-                .into());
-            }
-        }
-        directory.insert_client(ClientEntry {
-            id: client.id.clone(),
-            agency_id: client.agency.clone(),
-            binding: Arc::new(Binding {
-                plugin,
-                config: client.plugin_config.as_str().into(),
-                policy: client.failure_policy,
-            }),
-            models: client
-                .models
-                .as_ref()
-                .map(|m| m.iter().cloned().collect::<HashSet<_>>()),
-            rate_limit: client
-                .rate_limit_per_minute
-                .and_then(std::num::NonZeroU32::new)
-                .map(crate::gateway::tenancy::RateLimit::per_minute),
-        });
-    }
-    for key in &config.keys {
-        directory.insert_key(
-            key.sha256,
-            AppKey {
-                client_id: key.client.clone(),
-                app_id: key.app.clone(),
-            },
-        );
-    }
-    for client in &config.clients {
-        let mut plan = ledger.plan(&client.id)?;
-        let before = plan.clone();
-        plan.agency_id = Some(client.agency.clone());
-        if let Some(p) = &client.plan {
-            plan.billing = if p.prepaid {
-                tollgate_ledger::Billing::Prepaid
-            } else {
-                tollgate_ledger::Billing::Postpaid
-            };
-            plan.monthly_cap = p.monthly_cap;
-            plan.alert_thresholds_pct = p.alert_thresholds.clone();
-            plan.included_per_period = p.included_per_period;
-        }
-        if plan != before {
-            ledger.set_plan(plan)?;
-        }
-    }
-    let webhooks = config
-        .webhooks
-        .iter()
-        .map(|(agency, w)| {
-            (
-                agency.clone(),
-                crate::alerts::Webhook {
-                    url: w.url.clone(),
-                    secret: w.secret.clone(),
-                },
-            )
-        })
-        .collect();
-    let alerts = crate::alerts::spawn(ledger.clone(), Arc::new(webhooks), config.server.alert_poll);
+    let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
+    let webhooks = Arc::new(ArcSwap::from_pointee(std::collections::HashMap::new()));
+    let admin = Admin::new(
+        ledger.clone(),
+        runtime.clone(),
+        AdminSettings {
+            operator_token_sha256: config.server.operator_token_sha256,
+            default_platform_fee: config.ledger.platform_fee_percent,
+            max_plugin_bytes: config.server.max_plugin_bytes,
+            offers: config.models.iter().map(|m| m.offer.clone()).collect(),
+        },
+        directory.clone(),
+        webhooks.clone(),
+    );
+    // The config file's tenants go into the control store (new or changed
+    // declarations only), then the directory is built from the store.
+    seed::apply(&admin, config).await.map_err(|e| match e {
+        seed::SeedError::Config(c) => StartError::Config(c),
+        seed::SeedError::Admin(a) => StartError::Admin(a),
+    })?;
+    let alerts = crate::alerts::spawn(ledger.clone(), webhooks, config.server.alert_poll);
     crate::tokens::warm_up();
     let metrics = GatewayMetrics::new(&mut registry);
     Ok(Arc::new(AppState {
-        directory: ArcSwap::from_pointee(directory),
+        directory,
+        admin,
         catalog: Catalog::new(config.models.clone()),
         upstreams: Upstreams::new(&config.providers)?,
         runtime,

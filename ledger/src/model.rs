@@ -552,6 +552,8 @@ pub struct Page<T> {
 pub struct RecordQuery {
     pub period: Option<Period>,
     pub client: Option<String>,
+    /// Only records of this agency's clients.
+    pub agency: Option<String>,
     /// Matches the routed or the requested model.
     pub model: Option<String>,
     /// Records that metered this business unit.

@@ -27,6 +27,7 @@ fn records(gw: &TestGateway, client: &str) -> Vec<StoredRecord> {
         client: Some(client.to_owned()),
         model: None,
         unit: None,
+        agency: None,
         cursor: None,
         limit: 1000,
     };

@@ -10,6 +10,7 @@ use serde_json::json;
 use tollgate_ledger::LedgerError;
 use tollgate_plugin_types::{Rejection, RejectionKind};
 
+use crate::admin::AdminError;
 use crate::plugin::PluginError;
 
 /// An error response: `{"error": {"message", "type", "code", "param"}}`.
@@ -192,6 +193,90 @@ impl ApiError {
             Some("overloaded"),
             message,
         )
+    }
+
+    /// A client whose agency has bound no plugin.
+    pub fn unbound() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("no_plugin_bound"),
+            "no plugin is bound to this client yet; its agency must bind one",
+        )
+    }
+
+    /// Maps an admin API error to its answer.
+    pub fn from_admin(error: &AdminError) -> Self {
+        let with_param = |e: Self, param: &str| Self {
+            param: Some(param.to_owned()),
+            ..e
+        };
+        match error {
+            AdminError::Unauthorized(m) => Self::unauthorized(m.clone()),
+            AdminError::Forbidden(m) => Self::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                Some("operator_only"),
+                m.clone(),
+            ),
+            AdminError::NotFound { .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("not_found"),
+                error.to_string(),
+            ),
+            AdminError::Invalid { field, reason } => {
+                Self::invalid(field, format!("{field}: {reason}"))
+            }
+            AdminError::Conflict(m) => Self::new(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some("conflict"),
+                m.clone(),
+            ),
+            AdminError::PluginRefused(m) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                Some("plugin_refused"),
+                m.clone(),
+            ),
+            AdminError::ConfigRefused(_) => with_param(
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request_error",
+                    Some("config_refused"),
+                    error.to_string(),
+                ),
+                "config",
+            ),
+            AdminError::TooLarge(limit) => Self::too_large(*limit),
+            AdminError::Ledger(LedgerError::InvalidArgument(m)) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                m.clone(),
+            ),
+            AdminError::Ledger(e @ LedgerError::InvalidPeriod(_)) => {
+                Self::invalid("period", e.to_string())
+            }
+            AdminError::Ledger(e @ LedgerError::PeriodOpen { .. }) => Self::new(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some("period_open"),
+                e.to_string(),
+            ),
+            AdminError::Ledger(e @ LedgerError::NotFound(_)) => Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("not_found"),
+                e.to_string(),
+            ),
+            AdminError::Ledger(e) => Self::from_ledger(e),
+            AdminError::Store(detail) => {
+                tracing::error!(error = %detail, "control store error");
+                Self::internal()
+            }
+        }
     }
 
     /// Maps a ledger refusal to the client's answer.

@@ -29,8 +29,11 @@ use tenancy::Directory;
 
 /// Everything a request needs, shared by all handlers.
 pub struct AppState {
-    /// Keys, clients and bindings, swapped atomically on change.
-    pub directory: ArcSwap<Directory>,
+    /// Keys, clients and bindings, swapped atomically on change (by the
+    /// admin service).
+    pub directory: Arc<ArcSwap<Directory>>,
+    /// The admin service.
+    pub admin: crate::admin::Admin,
     /// Priced models.
     pub catalog: Catalog,
     /// Upstream providers.
@@ -51,9 +54,31 @@ pub struct AppState {
     pub requests: tokio_util::task::TaskTracker,
 }
 
-/// The data-path router.
+/// The whole HTTP surface: the data path, the admin API and its OpenAPI
+/// document.
 pub fn router(state: Arc<AppState>) -> Router {
+    let (admin, openapi) = crate::admin::http::router();
+    let openapi: Arc<str> = openapi
+        .to_pretty_json()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot render the OpenAPI document");
+            "{}".into()
+        })
+        .into();
     Router::new()
+        .merge(admin)
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
+        )
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::models))

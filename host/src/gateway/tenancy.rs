@@ -40,8 +40,9 @@ pub struct ClientEntry {
     pub binding: Arc<Binding>,
     /// Models the client may use; `None` means the whole catalog.
     pub models: Option<HashSet<String>>,
-    /// Requests-per-minute limit, shared by all the client's apps.
-    pub rate_limit: Option<RateLimit>,
+    /// Requests-per-minute limit, shared by all the client's apps (and kept
+    /// across directory rebuilds).
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 /// A client's request rate limit: a token bucket refilled continuously.
@@ -57,6 +58,11 @@ impl RateLimit {
             limiter: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
             per_minute: per_minute.get(),
         }
+    }
+
+    /// The configured requests per minute.
+    pub fn per_minute_limit(&self) -> u32 {
+        self.per_minute
     }
 
     /// Takes one request's token, or says how long until one is free.
@@ -80,6 +86,8 @@ pub struct AppKey {
     pub client_id: String,
     /// The app.
     pub app_id: String,
+    /// When the key stops working.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The authenticated caller of a data-path request.
@@ -96,12 +104,20 @@ pub struct Caller {
 pub struct Directory {
     keys: HashMap<[u8; 32], AppKey>,
     clients: HashMap<String, Arc<ClientEntry>>,
+    /// Clients with neither their own binding nor an agency default.
+    unbound: HashSet<String>,
 }
 
 impl Directory {
     /// Adds or replaces a client.
     pub fn insert_client(&mut self, client: ClientEntry) {
         self.clients.insert(client.id.clone(), Arc::new(client));
+    }
+
+    /// Marks a client as having no plugin bound: its requests are refused
+    /// with a clear message instead of an invalid-key error.
+    pub fn insert_unbound(&mut self, client_id: &str) {
+        self.unbound.insert(client_id.to_owned());
     }
 
     /// Adds a key by its hash.
@@ -134,7 +150,11 @@ impl Directory {
         let app = self
             .keys
             .get(&hash_key(key))
-            .ok_or_else(|| ApiError::unauthorized("invalid or revoked API key"))?;
+            .filter(|app| app.expires_at.is_none_or(|at| at > chrono::Utc::now()))
+            .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked API key"))?;
+        if self.unbound.contains(&app.client_id) {
+            return Err(ApiError::unbound());
+        }
         let client = self
             .clients
             .get(&app.client_id)

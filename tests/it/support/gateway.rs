@@ -13,7 +13,7 @@ use tollgate::config::{
     PluginSettings, ProviderKind, ProviderSettings, ServerSettings,
 };
 use tollgate::gateway::AppState;
-use tollgate::gateway::tenancy::{APP_KEY_PREFIX, generate_key, hash_key};
+use tollgate::gateway::tenancy::{ADMIN_TOKEN_PREFIX, APP_KEY_PREFIX, generate_key, hash_key};
 use tollgate::plugin::policy::FailurePolicy;
 use tollgate_plugin_types::ModelOffer;
 
@@ -68,7 +68,10 @@ pub struct TestGateway {
     pub keys: BTreeMap<String, String>,
     /// The mock upstream.
     pub mock: MockUpstream,
-    _data: tempfile::TempDir,
+    /// The operator's admin token.
+    pub operator: String,
+    config: Config,
+    data: Arc<tempfile::TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -93,6 +96,39 @@ impl TestGateway {
             .send()
             .await
             .unwrap()
+    }
+
+    /// An admin API request with `token`.
+    pub fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+    }
+
+    /// Stops the server and starts a new one on the same data dir and
+    /// config (a restart); the mock upstream keeps running.
+    pub async fn restart(mut self) -> TestGateway {
+        let config = self.config.clone();
+        let data = self.data.clone();
+        let keys = std::mem::take(&mut self.keys);
+        let operator = std::mem::take(&mut self.operator);
+        let mock = self.shutdown_keep_mock().await;
+        launch(config, data, keys, mock, operator).await
+    }
+
+    async fn shutdown_keep_mock(mut self) -> MockUpstream {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.mock
     }
 
     /// Stops the server and waits for in-flight work to finish.
@@ -182,13 +218,15 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
         .iter()
         .map(|c| (c.id.to_owned(), generate_key(APP_KEY_PREFIX)))
         .collect();
+    let operator = generate_key(ADMIN_TOKEN_PREFIX);
     let config = Config {
         source: PathBuf::from("<test>"),
         server: ServerSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             max_body_bytes: options.max_body_bytes,
-            operator_token_env: None,
+            operator_token_sha256: Some(hash_key(&operator)),
             alert_poll: std::time::Duration::from_millis(200),
+            max_plugin_bytes: 16 << 20,
         },
         ledger: LedgerSettings {
             data_dir: data.path().to_owned(),
@@ -238,6 +276,16 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
             })
             .collect(),
     };
+    launch(config, Arc::new(data), keys, mock, operator).await
+}
+
+async fn launch(
+    config: Config,
+    data: Arc<tempfile::TempDir>,
+    keys: BTreeMap<String, String>,
+    mock: MockUpstream,
+    operator: String,
+) -> TestGateway {
     let state = tollgate::server::build_state(&config).await.unwrap();
     let listener = tollgate::server::bind(config.server.listen).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -254,7 +302,9 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
         state,
         keys,
         mock,
-        _data: data,
+        operator,
+        config,
+        data,
         shutdown: Some(tx),
         server: Some(server),
     }
