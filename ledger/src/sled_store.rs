@@ -7,6 +7,13 @@
 //! compact binary form (postcard) behind a leading format byte
 //! [`FORMAT_BINARY_V1`]; everything else, and every value written before that
 //! format existed, is JSON (which always starts with `{`). Readers accept both.
+//!
+//! Records: a group commit writes its records as *record blocks*
+//! ([`FORMAT_RECORD_BLOCK_V1`]): one value per period holding up to
+//! [`BLOCK_BYTES`] of consecutive records, keyed by the first record's id, so a
+//! record costs a fraction of a sled key instead of a key of its own. Older
+//! databases hold one record per key; both read the same way (a single record
+//! is a block of one) in `get_record`, `query_records` and `for_each_record`.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -41,6 +48,21 @@ const ALERT_MARKER: u8 = b'D';
 /// ([`StoredRecord`] via [`BinRecord`], [`Totals`], [`CreditEntry`], [`Meta`])
 /// needs a new format byte; values of older formats must stay readable.
 pub const FORMAT_BINARY_V1: u8 = 0x01;
+
+/// Leading byte of a record block (the value of an `R` key written since record
+/// blocks exist): `0x02`, the record count `n` (u32 BE), `n` directory entries
+/// (seq u64 BE, encoded length u32 BE) in ascending seq order, then the `n`
+/// records, each a postcard [`BinRecord`] (the [`FORMAT_BINARY_V1`] encoding
+/// without its format byte). The key is the first record's `R` key; every record
+/// of a block has the key's period and a seq below the next block's first seq.
+pub const FORMAT_RECORD_BLOCK_V1: u8 = 0x02;
+
+/// A block is closed before it grows past this many bytes of records (a record
+/// larger than that gets a block of its own). Small enough that a sled leaf of
+/// blocks (at most 17 values) stays below sled's out-of-line blob threshold
+/// (a quarter of its 512 KiB segment), large enough that a block holds ~15
+/// typical records.
+pub const BLOCK_BYTES: usize = 6 * 1024;
 
 /// Sled-backed [`LedgerStore`].
 pub struct SledStore {
@@ -172,8 +194,42 @@ enum BinKindRef<'a> {
     Reversal { original: RecordId, reason: &'a str },
 }
 
+/// A single record as written before record blocks ([`FORMAT_BINARY_V1`]);
+/// still read, written only by tests now.
+#[cfg(test)]
 fn encode_record(r: &StoredRecord) -> Result<Vec<u8>, StoreError> {
-    encode_bin(&BinRecordRef {
+    let mut out = vec![FORMAT_BINARY_V1];
+    encode_block_payload(r, &mut out)?;
+    Ok(out)
+}
+
+/// Reads a record in binary form, or as JSON (records written before the
+/// binary format).
+fn decode_record(key: &[u8], v: &[u8]) -> Result<StoredRecord, StoreError> {
+    if v.first() != Some(&FORMAT_BINARY_V1) {
+        return decode(key, v);
+    }
+    let b: BinRecord = decode(key, v)?;
+    Ok(from_bin(b))
+}
+
+fn from_bin(b: BinRecord) -> StoredRecord {
+    StoredRecord {
+        id: b.id,
+        late_adjustment: b.late_adjustment,
+        recorded_at: b.recorded_at,
+        kind: match b.kind {
+            BinKind::Usage => RecordKind::Usage,
+            BinKind::Reversal { original, reason } => RecordKind::Reversal { original, reason },
+        },
+        credits_applied: b.credits_applied,
+        record: b.record,
+    }
+}
+
+/// Appends one record's block payload (a postcard [`BinRecord`]).
+fn encode_block_payload(r: &StoredRecord, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    let v = BinRecordRef {
         id: r.id,
         late_adjustment: r.late_adjustment,
         recorded_at: &r.recorded_at,
@@ -186,27 +242,106 @@ fn encode_record(r: &StoredRecord) -> Result<Vec<u8>, StoreError> {
         },
         credits_applied: &r.credits_applied,
         record: &r.record,
-    })
+    };
+    let buf = std::mem::take(out);
+    *out = postcard::to_extend(&v, buf).map_err(|e| StoreError::Backend(format!("encode: {e}")))?;
+    Ok(())
 }
 
-/// Reads a record in binary form, or as JSON (records written before the
-/// binary format).
-fn decode_record(key: &[u8], v: &[u8]) -> Result<StoredRecord, StoreError> {
-    if v.first() != Some(&FORMAT_BINARY_V1) {
-        return decode(key, v);
+/// Records of one group, cut into blocks: per period, in seq order, at most
+/// [`BLOCK_BYTES`] of records each (see [`FORMAT_RECORD_BLOCK_V1`]).
+fn write_record_blocks(
+    records: &[StoredRecord],
+    batch: &mut sled::Batch,
+) -> Result<(), StoreError> {
+    struct Open {
+        key: Vec<u8>,
+        period: Period,
+        dir: Vec<(u64, u32)>,
+        payload: Vec<u8>,
     }
-    let b: BinRecord = decode(key, v)?;
-    Ok(StoredRecord {
-        id: b.id,
-        late_adjustment: b.late_adjustment,
-        recorded_at: b.recorded_at,
-        kind: match b.kind {
-            BinKind::Usage => RecordKind::Usage,
-            BinKind::Reversal { original, reason } => RecordKind::Reversal { original, reason },
-        },
-        credits_applied: b.credits_applied,
-        record: b.record,
-    })
+    fn close(b: Open, batch: &mut sled::Batch) {
+        let mut v = Vec::with_capacity(5 + b.dir.len() * 12 + b.payload.len());
+        v.push(FORMAT_RECORD_BLOCK_V1);
+        v.extend_from_slice(&u32::try_from(b.dir.len()).unwrap_or(u32::MAX).to_be_bytes());
+        for (seq, len) in &b.dir {
+            v.extend_from_slice(&seq.to_be_bytes());
+            v.extend_from_slice(&len.to_be_bytes());
+        }
+        v.extend_from_slice(&b.payload);
+        batch.insert(b.key, v);
+    }
+    let mut order: Vec<&StoredRecord> = records.iter().collect();
+    // Records are pushed in seq order; a group may span periods (late records).
+    order.sort_by_key(|r| (r.id.period, r.id.seq));
+    let mut cur: Option<Open> = None;
+    let mut scratch = Vec::with_capacity(512);
+    for r in order {
+        scratch.clear();
+        encode_block_payload(r, &mut scratch)?;
+        let len = u32::try_from(scratch.len())
+            .map_err(|_| StoreError::Backend("record too large".into()))?;
+        if let Some(b) = cur
+            .take_if(|b| b.period != r.id.period || b.payload.len() + scratch.len() > BLOCK_BYTES)
+        {
+            close(b, batch);
+        }
+        let b = cur.get_or_insert_with(|| Open {
+            key: record_key(r.id),
+            period: r.id.period,
+            dir: Vec::with_capacity(16),
+            payload: Vec::with_capacity(BLOCK_BYTES + 512),
+        });
+        b.dir.push((r.id.seq, len));
+        b.payload.extend_from_slice(&scratch);
+    }
+    if let Some(b) = cur {
+        close(b, batch);
+    }
+    Ok(())
+}
+
+/// The records held by the value of an `R` key, as (seq, encoded record) in
+/// seq order: the entries of a block, or the single record of a value written
+/// before record blocks existed (its seq from the key).
+fn record_entries<'a>(key: &[u8], v: &'a [u8]) -> Result<Vec<(u64, Entry<'a>)>, StoreError> {
+    if v.first() != Some(&FORMAT_RECORD_BLOCK_V1) {
+        let mut r = Reader { key, pos: 1 };
+        r.period()?;
+        return Ok(vec![(r.u64()?, Entry::Single(v))]);
+    }
+    let mut r = Reader { key: v, pos: 1 };
+    let bad = || corrupt(key, "truncated record block");
+    let n = r.u32().map_err(|_| bad())? as usize;
+    let mut dir = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let seq = r.u64().map_err(|_| bad())?;
+        let len = r.u32().map_err(|_| bad())? as usize;
+        dir.push((seq, len));
+    }
+    let mut out = Vec::with_capacity(dir.len());
+    for (seq, len) in dir {
+        out.push((seq, Entry::Block(r.take(len).map_err(|_| bad())?)));
+    }
+    Ok(out)
+}
+
+/// One encoded record inside an `R` value.
+#[derive(Clone, Copy)]
+enum Entry<'a> {
+    /// A whole value in the pre-block formats (JSON or [`FORMAT_BINARY_V1`]).
+    Single(&'a [u8]),
+    /// A postcard [`BinRecord`] inside a block.
+    Block(&'a [u8]),
+}
+
+fn decode_entry(key: &[u8], e: Entry<'_>) -> Result<StoredRecord, StoreError> {
+    match e {
+        Entry::Single(v) => decode_record(key, v),
+        Entry::Block(b) => postcard::from_bytes::<BinRecord>(b)
+            .map(from_bin)
+            .map_err(|e| corrupt(key, &format!("record in block: {e}"))),
+    }
 }
 
 fn corrupt(key: &[u8], reason: &str) -> StoreError {
@@ -470,8 +605,8 @@ impl LedgerStore for SledStore {
 
     fn commit(&self, g: &CommitGroup) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
+        write_record_blocks(&g.records, &mut b)?;
         for r in &g.records {
-            b.insert(record_key(r.id), encode_record(r)?);
             b.insert(
                 prefixed(IDEMPOTENCY, &r.record.idempotency_key),
                 id_bytes(r.id).to_vec(),
@@ -529,59 +664,103 @@ impl LedgerStore for SledStore {
     }
 
     fn get_record(&self, id: RecordId) -> Result<Option<StoredRecord>, StoreError> {
+        // The block holding `id` is the last `R` key of its period at or before it.
         let key = record_key(id);
-        match self.tree.get(&key)? {
-            Some(v) => Ok(Some(decode_record(&key, &v)?)),
+        let period_start = &key[..5];
+        let Some(kv) = self
+            .tree
+            .range::<&[u8], _>(period_start..=&key[..])
+            .next_back()
+        else {
+            return Ok(None);
+        };
+        let (k, v) = kv?;
+        match record_entries(&k, &v)?
+            .into_iter()
+            .find(|(seq, _)| *seq == id.seq)
+        {
+            Some((_, e)) => Ok(Some(decode_entry(&k, e)?)),
             None => Ok(None),
         }
     }
 
     fn query_records(&self, q: &RecordQuery) -> Result<Page<StoredRecord>, StoreError> {
         let limit = if q.limit == 0 { 100 } else { q.limit };
-        let by_client = q.client.is_some();
-        let mut prefix = match &q.client {
-            Some(c) => {
-                let mut k = vec![CLIENT_INDEX];
-                put_str(&mut k, c);
-                k
-            }
-            None => vec![RECORD],
-        };
-        let id_offset = prefix.len();
-        if let Some(p) = q.period {
-            put_period(&mut prefix, p);
-        }
-        let start = match &q.cursor {
-            Some(c) => Bound::Excluded(decode_cursor(c)?),
-            None => Bound::Included(prefix.clone()),
-        };
+        let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
         let mut items = Vec::new();
+        // The cursor is the key of the last record returned: its client-index
+        // key, or its `R` key (a block key or, inside a block, the key the
+        // record would have on its own; both sort by (period, seq)).
         let mut last_key: Option<Vec<u8>> = None;
-        for kv in self.tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            let (k, v) = kv?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let rec: StoredRecord = if by_client {
-                let id = id_from_bytes(&k, &k[id_offset..])?;
-                match self.get_record(id)? {
-                    Some(r) => r,
-                    None => return Err(corrupt(&k, "client index points at no record")),
-                }
-            } else {
-                decode_record(&k, &v)?
-            };
-            last_key = Some(k.to_vec());
+        let wanted = |rec: &StoredRecord| {
             let u = &rec.record;
-            let model_ok = q
-                .model
+            q.model
                 .as_ref()
-                .is_none_or(|m| &u.routed_model == m || &u.requested_model == m);
-            let unit_ok = q.unit.as_ref().is_none_or(|n| u.units.contains_key(n));
-            if model_ok && unit_ok {
-                items.push(rec);
-                if items.len() == limit {
+                .is_none_or(|m| &u.routed_model == m || &u.requested_model == m)
+                && q.unit.as_ref().is_none_or(|n| u.units.contains_key(n))
+        };
+        if let Some(c) = &q.client {
+            let mut prefix = vec![CLIENT_INDEX];
+            put_str(&mut prefix, c);
+            let id_offset = prefix.len();
+            if let Some(p) = q.period {
+                put_period(&mut prefix, p);
+            }
+            let start = match cursor {
+                Some(c) => Bound::Excluded(c),
+                None => Bound::Included(prefix.clone()),
+            };
+            for kv in self.tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+                let (k, _) = kv?;
+                if !k.starts_with(&prefix) {
                     break;
+                }
+                let id = id_from_bytes(&k, &k[id_offset..])?;
+                let Some(rec) = self.get_record(id)? else {
+                    return Err(corrupt(&k, "client index points at no record"));
+                };
+                last_key = Some(k.to_vec());
+                if wanted(&rec) {
+                    items.push(rec);
+                    if items.len() == limit {
+                        break;
+                    }
+                }
+            }
+        } else {
+            let mut prefix = vec![RECORD];
+            if let Some(p) = q.period {
+                put_period(&mut prefix, p);
+            }
+            // Resume in the block that holds the cursor's record.
+            let mut start = prefix.clone();
+            if let Some(c) = &cursor {
+                let floor = self
+                    .tree
+                    .range::<&[u8], _>(&prefix[..]..=&c[..])
+                    .next_back()
+                    .transpose()?;
+                start = floor.map_or_else(|| c.clone(), |(k, _)| k.to_vec());
+            }
+            'blocks: for kv in self.tree.range(start..) {
+                let (k, v) = kv?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                for (seq, e) in record_entries(&k, &v)? {
+                    let mut rk = k[..5].to_vec();
+                    rk.extend_from_slice(&seq.to_be_bytes());
+                    if cursor.as_ref().is_some_and(|c| rk <= *c) {
+                        continue;
+                    }
+                    let rec = decode_entry(&k, e)?;
+                    last_key = Some(rk);
+                    if wanted(&rec) {
+                        items.push(rec);
+                        if items.len() == limit {
+                            break 'blocks;
+                        }
+                    }
                 }
             }
         }
@@ -607,7 +786,9 @@ impl LedgerStore for SledStore {
             if k.first() != Some(&RECORD) {
                 break;
             }
-            f(decode_record(&k, &v)?)?;
+            for (_, e) in record_entries(&k, &v)? {
+                f(decode_entry(&k, e)?)?;
+            }
         }
         Ok(())
     }
@@ -934,6 +1115,141 @@ mod tests {
             .insert(META, vec![FORMAT_BINARY_V1, 0xff, 0xff])
             .unwrap();
         assert!(matches!(store.load_meta(), Err(StoreError::Corrupt { .. })));
+    }
+
+    fn all_records(store: &SledStore, from: Option<Period>) -> Vec<StoredRecord> {
+        let mut all = Vec::new();
+        store
+            .for_each_record(from, &mut |r| {
+                all.push(r);
+                Ok(())
+            })
+            .unwrap();
+        all
+    }
+
+    fn paged(store: &SledStore, q: RecordQuery) -> Vec<StoredRecord> {
+        let mut q = q;
+        let mut out = Vec::new();
+        loop {
+            let page = store.query_records(&q).unwrap();
+            assert!(page.items.len() <= q.limit);
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn record_blocks_hold_many_records_and_read_like_single_records() {
+        let store = SledStore::temporary().unwrap();
+        let jan: Period = "2025-01".parse().unwrap();
+        let feb: Period = "2025-02".parse().unwrap();
+        // Records written one per key by an earlier version (binary and JSON).
+        let mut legacy = Vec::new();
+        for seq in 0..3 {
+            let r = sample(RecordKind::Usage, seq);
+            let v = if seq == 1 {
+                serde_json::to_vec(&r).unwrap()
+            } else {
+                encode_record(&r).unwrap()
+            };
+            store.tree.insert(record_key(r.id), v).unwrap();
+            legacy.push(r);
+        }
+        // Two groups: the first spans two periods and several blocks.
+        let mut groups = vec![Vec::new(), Vec::new()];
+        for seq in 3..103u64 {
+            let mut r = sample(RecordKind::Usage, seq);
+            if seq % 7 == 0 {
+                r.id.period = feb;
+            }
+            r.record.client_id = format!("c{}", seq % 3);
+            groups[usize::from(seq >= 90)].push(r);
+        }
+        for g in &groups {
+            store
+                .commit(&CommitGroup {
+                    records: g.clone(),
+                    ..CommitGroup::default()
+                })
+                .unwrap();
+        }
+        let blocks = store.tree.scan_prefix([RECORD]).count();
+        assert!(
+            (3 + 4..3 + 20).contains(&blocks),
+            "{blocks} keys for 103 records"
+        );
+        let mut want: Vec<StoredRecord> = legacy
+            .iter()
+            .chain(groups.iter().flatten())
+            .cloned()
+            .collect();
+        want.sort_by_key(|r| (r.id.period, r.id.seq));
+        for r in &want {
+            assert_eq!(store.get_record(r.id).unwrap().as_ref(), Some(r));
+        }
+        // Ids that are not there: a gap inside a block (seq 7 is in February),
+        // past the end, another period.
+        for (period, seq) in [
+            (jan, 7),
+            (jan, 103),
+            (feb, 8),
+            ("2024-12".parse().unwrap(), 5),
+        ] {
+            assert_eq!(store.get_record(RecordId { period, seq }).unwrap(), None);
+        }
+        assert_eq!(all_records(&store, None), want);
+        let feb_only: Vec<_> = want
+            .iter()
+            .filter(|r| r.id.period == feb)
+            .cloned()
+            .collect();
+        assert_eq!(all_records(&store, Some(feb)), feb_only);
+        for limit in [1, 3, 16, 1000] {
+            let q = RecordQuery {
+                limit,
+                ..RecordQuery::default()
+            };
+            assert_eq!(paged(&store, q), want, "limit {limit}");
+            let q = RecordQuery {
+                period: Some(feb),
+                limit,
+                ..RecordQuery::default()
+            };
+            assert_eq!(paged(&store, q), feb_only, "limit {limit}");
+            let q = RecordQuery {
+                client: Some("c1".into()),
+                limit,
+                ..RecordQuery::default()
+            };
+            let c1: Vec<_> = want
+                .iter()
+                .filter(|r| r.record.client_id == "c1")
+                .cloned()
+                .collect();
+            assert_eq!(paged(&store, q), c1, "limit {limit}");
+        }
+        // A cursor from a version without blocks (the key of a single record
+        // inside what is now a block) resumes after that record.
+        let page = store
+            .query_records(&RecordQuery {
+                cursor: Some(hex::encode(record_key(want[10].id))),
+                limit: 2,
+                ..RecordQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.items, want[11..13].to_vec());
+        // A truncated block is reported, not misread.
+        let (k, v) = store.tree.last().unwrap().unwrap();
+        assert_eq!(v[0], FORMAT_RECORD_BLOCK_V1);
+        store.tree.insert(&k, &v[..v.len() - 1]).unwrap();
+        assert!(matches!(
+            store.for_each_record(None, &mut |_| Ok(())),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
