@@ -12,10 +12,10 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tollgate_ledger::{Calendar, Currency, Ledger, LedgerConfig};
 
+use crate::admin::{Admin, AdminSettings, seed};
 use crate::config::{Config, ConfigError, Durability};
 use crate::gateway::catalog::Catalog;
 use crate::gateway::metrics::GatewayMetrics;
-use crate::admin::{Admin, AdminSettings, seed};
 use crate::gateway::tenancy::Directory;
 use crate::gateway::{self, AppState};
 use crate::plugin::{PluginMetrics, PluginRuntime, RuntimeLimits};

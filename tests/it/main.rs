@@ -11,6 +11,7 @@
     reason = "a failing test reports by panicking"
 )]
 
+mod admin;
 mod config_and_reports;
 mod gateway;
 mod plugin_runtime;

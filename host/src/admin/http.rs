@@ -161,7 +161,10 @@ async fn update_agency(
     Path(agency): Path<String>,
     Body(b): Body<UpdateAgency>,
 ) -> Answer {
-    json(StatusCode::OK, &s.admin.update_agency(&p, &agency, b).await?)
+    json(
+        StatusCode::OK,
+        &s.admin.update_agency(&p, &agency, b).await?,
+    )
 }
 
 /// Create an agency admin token (shown once).
@@ -267,11 +270,7 @@ async fn payout(
 #[utoipa::path(get, path = "/admin/v1/settlement/{period}", tag = "reports",
     params(("period" = String, Path)),
     responses((status = 200, body = Object), (status = 403, body = ErrorBody)))]
-async fn settlement(
-    State(s): State<Shared>,
-    Caller(p): Caller,
-    Path(per): Path<String>,
-) -> Answer {
+async fn settlement(State(s): State<Shared>, Caller(p): Caller, Path(per): Path<String>) -> Answer {
     json(StatusCode::OK, &s.admin.settlement(&p, period(&per)?)?)
 }
 
@@ -334,7 +333,10 @@ async fn update_client(
     Path(client): Path<String>,
     Body(b): Body<UpdateClient>,
 ) -> Answer {
-    json(StatusCode::OK, &s.admin.update_client(&p, &client, b).await?)
+    json(
+        StatusCode::OK,
+        &s.admin.update_client(&p, &client, b).await?,
+    )
 }
 
 /// Delete (disable) a client: its keys stop working; records stay.
@@ -467,11 +469,7 @@ async fn top_up(
 #[utoipa::path(get, path = "/admin/v1/clients/{client}/credits", tag = "credits",
     params(("client" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
-async fn balance(
-    State(s): State<Shared>,
-    Caller(p): Caller,
-    Path(client): Path<String>,
-) -> Answer {
+async fn balance(State(s): State<Shared>, Caller(p): Caller, Path(client): Path<String>) -> Answer {
     let (balance, entries) = s.admin.balance(&p, &client)?;
     json(
         StatusCode::OK,
@@ -507,7 +505,10 @@ async fn create_app(
     Path(client): Path<String>,
     Body(b): Body<CreateApp>,
 ) -> Answer {
-    json(StatusCode::CREATED, &s.admin.create_app(&p, &client, b).await?)
+    json(
+        StatusCode::CREATED,
+        &s.admin.create_app(&p, &client, b).await?,
+    )
 }
 
 /// A client's apps.
@@ -539,11 +540,7 @@ async fn create_key(
 #[utoipa::path(get, path = "/admin/v1/apps/{app}/keys", tag = "keys",
     params(("app" = String, Path)),
     responses((status = 200, body = Vec<CredentialView>), (status = 404, body = ErrorBody)))]
-async fn list_keys(
-    State(s): State<Shared>,
-    Caller(p): Caller,
-    Path(app): Path<String>,
-) -> Answer {
+async fn list_keys(State(s): State<Shared>, Caller(p): Caller, Path(app): Path<String>) -> Answer {
     json(StatusCode::OK, &s.admin.list_keys(&p, &app)?)
 }
 
@@ -551,11 +548,7 @@ async fn list_keys(
 #[utoipa::path(delete, path = "/admin/v1/keys/{key}", tag = "keys",
     params(("key" = String, Path)),
     responses((status = 200, body = CredentialView), (status = 404, body = ErrorBody)))]
-async fn revoke_key(
-    State(s): State<Shared>,
-    Caller(p): Caller,
-    Path(key): Path<String>,
-) -> Answer {
+async fn revoke_key(State(s): State<Shared>, Caller(p): Caller, Path(key): Path<String>) -> Answer {
     json(StatusCode::OK, &s.admin.revoke_key(&p, &key).await?)
 }
 

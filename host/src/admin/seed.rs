@@ -111,7 +111,9 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             .map_err(|e| config_error(config, key("plugin"), e.to_string()))?;
         match plugin.validate_config(&client.plugin_config).await {
             Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(config_error(config, key("plugin_config"), message).into()),
+            Ok(Err(message)) => {
+                return Err(config_error(config, key("plugin_config"), message).into());
+            }
             Err(e) => {
                 return Err(config_error(
                     config,

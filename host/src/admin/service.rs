@@ -189,8 +189,7 @@ pub fn check_agency_id(id: &str) -> Result<(), AdminError> {
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), AdminError> {
-    if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control)
-    {
+    if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(invalid(
             field,
             "must be 1 to 200 characters without control characters",
@@ -555,10 +554,7 @@ impl Admin {
                     config: doc.config.as_str().into(),
                     policy: doc.failure_policy,
                 }),
-                models: client
-                    .models
-                    .as_ref()
-                    .map(|m| m.iter().cloned().collect()),
+                models: client.models.as_ref().map(|m| m.iter().cloned().collect()),
                 rate_limit: self.limiter(&client.id, client.rate_limit_per_minute),
             });
         }
@@ -1270,11 +1266,10 @@ impl Admin {
         if let Some((_, existing)) = self.get::<PluginDoc>(kind::PLUGIN, &id)? {
             return Ok((self.plugin_view(&existing)?, false));
         }
-        let plugin = self
-            .runtime
-            .load(bytes.clone())
-            .await
-            .map_err(|e| AdminError::PluginRefused(format!("the component was refused: {e}")))?;
+        let plugin =
+            self.runtime.load(bytes.clone()).await.map_err(|e| {
+                AdminError::PluginRefused(format!("the component was refused: {e}"))
+            })?;
         let sample_config = sample_config.unwrap_or_else(|| "{}".into());
         let smoke = self.smoke(&plugin, &sample_config).await?;
         self.store.put_blob(&sha, &bytes)?;
@@ -1359,7 +1354,10 @@ impl Admin {
             .map_err(|e| failed("route", &e))?;
         let (route_text, served, bound) = match &route {
             Ok(decision) => (
-                format!("{} via {}", decision.primary.model, decision.primary.provider),
+                format!(
+                    "{} via {}",
+                    decision.primary.model, decision.primary.provider
+                ),
                 decision.primary.clone(),
                 self.runtime.surcharge_bound(decision),
             ),
@@ -1506,7 +1504,12 @@ impl Admin {
         let _guard = self.write.lock().await;
         let (rev, mut doc) = self.client(p, client)?;
         let binding = self
-            .make_binding(p, &doc.agency_id.clone(), body, Self::next_revision(&doc.binding))
+            .make_binding(
+                p,
+                &doc.agency_id.clone(),
+                body,
+                Self::next_revision(&doc.binding),
+            )
             .await?;
         self.set_client_slot(p, rev, &mut doc, Some(binding), "binding.set")
             .await
@@ -1555,7 +1558,10 @@ impl Admin {
             .await
     }
 
-    fn rollback_target(slot: &BindingSlot, revision: Option<u64>) -> Result<BindingDoc, AdminError> {
+    fn rollback_target(
+        slot: &BindingSlot,
+        revision: Option<u64>,
+    ) -> Result<BindingDoc, AdminError> {
         let target = match revision {
             Some(r) => slot.history.iter().find(|b| b.revision == r),
             None => {

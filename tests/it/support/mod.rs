@@ -1,6 +1,7 @@
 //! Shared test harness: building the test plugins once, paths, and the
 //! common request fixtures.
 
+pub mod admin;
 pub mod gateway;
 
 use std::collections::BTreeMap;
