@@ -752,3 +752,76 @@ async fn openapi_document_describes_every_admin_route() {
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_publish_uploads_and_binds_from_the_command_line() {
+    let gw = gateway::start(vec![]).await;
+    let t = tenant(&gw, "cli-agency").await;
+    let wasm = crate::support::plugin_path("lead-qualifier");
+    let publish = |token: String, extra: Vec<String>| {
+        let url = gw.url.clone();
+        let wasm = wasm.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(crate::support::tollgate_bin())
+                .arg("plugin")
+                .arg("publish")
+                .arg(&wasm)
+                .args(["--server", &url, "--token", &token])
+                .args(extra)
+                .output()
+                .unwrap()
+        })
+    };
+    let args = vec![
+        "--label".to_owned(),
+        "tiered pricing".to_owned(),
+        "--sample-config".to_owned(),
+        LEADS.to_owned(),
+        "--bind".to_owned(),
+        t.client.clone(),
+        "--config".to_owned(),
+        LEADS.to_owned(),
+    ];
+    let out = publish(t.token.clone(), args.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("uploaded: lead-qualifier"), "{stdout}");
+    assert!(stdout.contains("bound to"), "{stdout}");
+    let (_, view) = call(
+        &gw,
+        Method::GET,
+        &format!("/admin/v1/clients/{}", t.client),
+        &t.token,
+        None,
+    )
+    .await;
+    let bound = view["binding"]["plugin_sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(bound, t.plugin, "the new version is bound");
+    let r = chat_with(&gw, &t.key, "lead: Initech").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        records_of(&gw, &t.client)
+            .last()
+            .unwrap()
+            .record
+            .plugin
+            .content_hash,
+        bound
+    );
+    // Publishing the same file again finds the existing version.
+    let out = publish(t.token.clone(), vec![]).await.unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already uploaded"));
+    // A bad token fails with the server's reason and a non-zero exit.
+    let out = publish("tg_admin_wrong".into(), vec![]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    gw.stop().await;
+}

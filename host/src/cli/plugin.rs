@@ -23,6 +23,42 @@ pub enum PluginCommand {
     Run(RunArgs),
     /// Run a folder of fixture cases against a plugin's Wasm build.
     Test(TestArgs),
+    /// Upload a component to a gateway's admin API (and optionally bind it).
+    Publish(PublishArgs),
+}
+
+/// Arguments of `plugin publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The component (`.wasm`).
+    pub file: PathBuf,
+    /// The gateway, e.g. `http://127.0.0.1:8080`.
+    #[arg(long, env = "TOLLGATE_SERVER")]
+    pub server: String,
+    /// An admin token (`tg_admin_…`).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// A human label for the version.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// An upload note.
+    #[arg(long)]
+    pub note: Option<String>,
+    /// Configuration for the upload's smoke run: a JSON file, or inline JSON.
+    #[arg(long)]
+    pub sample_config: Option<String>,
+    /// The agency to upload to (operator tokens only).
+    #[arg(long)]
+    pub agency: Option<String>,
+    /// Also bind the version to this client (`*` = the agency default).
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// The binding's configuration (with `--bind`): a JSON file, or inline JSON.
+    #[arg(long, default_value = "{}")]
+    pub config: String,
+    /// Print the server's JSON answers.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `plugin new`.
@@ -93,6 +129,7 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<i32> {
         PluginCommand::Check(args) => check(args),
         PluginCommand::Run(args) => run_one(args),
         PluginCommand::Test(args) => test(args),
+        PluginCommand::Publish(args) => publish(args),
     }
 }
 
@@ -289,6 +326,113 @@ fn read_config(arg: &str) -> anyhow::Result<serde_json::Value> {
     };
     serde_json::from_str(&text)
         .with_context(|| format!("--config {arg} is neither a JSON file nor JSON"))
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<i32> {
+    let bytes = read_component(&args.file)?;
+    let sample = args
+        .sample_config
+        .as_deref()
+        .map(read_config)
+        .transpose()?
+        .map(|v| v.to_string());
+    let base = args.server.trim_end_matches('/').to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()?;
+        let mut query: Vec<(&str, String)> = Vec::new();
+        for (name, value) in [
+            ("label", args.label.clone()),
+            ("note", args.note.clone()),
+            ("sample_config", sample),
+            ("agency_id", args.agency.clone()),
+        ] {
+            if let Some(v) = value {
+                query.push((name, v));
+            }
+        }
+        let resp = http
+            .post(format!("{base}/admin/v1/plugins"))
+            .bearer_auth(&args.token)
+            .header("content-type", "application/wasm")
+            .query(&query)
+            .body(bytes)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {base}"))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .with_context(|| format!("{base} did not answer with JSON (status {status})"))?;
+        if !status.is_success() {
+            eprintln!(
+                "upload refused ({status}): {}",
+                body["error"]["message"].as_str().unwrap_or("no message")
+            );
+            return Ok(1);
+        }
+        let sha = body["sha256"].as_str().unwrap_or_default().to_owned();
+        if args.json {
+            println!("{body:#}");
+        } else {
+            let verb = if status == reqwest::StatusCode::CREATED {
+                "uploaded"
+            } else {
+                "already uploaded"
+            };
+            println!(
+                "{verb}: {} {} ({} bytes)\n  sha256 {sha}\n  label  {}\n  smoke  {}",
+                body["name"].as_str().unwrap_or_default(),
+                body["version"].as_str().unwrap_or_default(),
+                body["size_bytes"],
+                body["label"].as_str().unwrap_or_default(),
+                body["smoke"]["route"].as_str().unwrap_or("(not run)"),
+            );
+        }
+        let Some(target) = args.bind else {
+            return Ok(0);
+        };
+        let path = if target == "*" {
+            let agency = match args.agency.clone() {
+                Some(a) => a,
+                None => body["agency_id"].as_str().unwrap_or_default().to_owned(),
+            };
+            format!("{base}/admin/v1/agencies/{agency}/binding")
+        } else {
+            format!("{base}/admin/v1/clients/{target}/binding")
+        };
+        let config = read_config(&args.config)?;
+        let resp = http
+            .put(path)
+            .bearer_auth(&args.token)
+            .json(&serde_json::json!({"plugin_sha256": sha, "config": config}))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {base}"))?;
+        let status = resp.status();
+        let bound: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            eprintln!(
+                "binding refused ({status}): {}",
+                bound["error"]["message"].as_str().unwrap_or("no message")
+            );
+            return Ok(1);
+        }
+        if args.json {
+            println!("{bound:#}");
+        } else {
+            println!(
+                "bound to {target} (revision {})",
+                bound["current"]["revision"]
+            );
+        }
+        Ok(0)
+    })
 }
 
 fn run_one(args: RunArgs) -> anyhow::Result<i32> {
