@@ -215,6 +215,10 @@ pub async fn run(
     let credentials = load_or_create_credentials(&data_dir)?;
     let config = demo_config(listen, &data_dir, &plugins, &credentials);
     let state = crate::server::build_state(&config).await?;
+    state
+        .admin
+        .adopt_token(DEMO_AGENCY, &credentials.agency_token, "demo agency token")
+        .await?;
     // A monthly cap with alerts for the first client shows spend control.
     let mut plan = state.ledger.plan(CLIENTS[0].id)?;
     if plan.monthly_cap.is_none() {
@@ -249,7 +253,15 @@ fn print_welcome(addr: std::net::SocketAddr, data_dir: &Path, credentials: &Demo
     }
     println!("\nOperator token:      {}", credentials.operator_token);
     println!("Agency admin token:  {}", credentials.agency_token);
-    println!("  (kept for the admin API, which this build does not serve yet)");
+    println!(
+        "  admin API: curl -s http://{addr}/admin/v1/clients -H 'Authorization: Bearer {}'",
+        credentials.agency_token
+    );
+    println!("  OpenAPI:   curl -s http://{addr}/openapi.json");
+    println!(
+        "  publish a plugin: tollgate plugin publish FILE.wasm --server http://{addr} --token {} --bind {} --config '{{…}}'",
+        credentials.agency_token, CLIENTS[0].id
+    );
     let first = &CLIENTS[0];
     let key = credentials
         .app_keys

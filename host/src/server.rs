@@ -150,7 +150,7 @@ pub async fn build_state(config: &Config) -> Result<Arc<AppState>, StartError> {
         metrics,
         registry,
         max_body_bytes: config.server.max_body_bytes,
-        background: std::sync::Mutex::new(vec![alerts.abort_handle()]),
+        background: std::sync::Mutex::new(vec![alerts]),
         requests: tokio_util::task::TaskTracker::new(),
     }))
 }
@@ -203,6 +203,9 @@ pub async fn serve(
     );
     for task in background {
         task.abort();
+        // Wait until the task is gone, so its ledger handle is dropped and a
+        // restart in the same process can reopen the data dir.
+        let _ = task.await;
     }
     if let Err(e) = state.ledger.flush() {
         tracing::error!(error = %e, "ledger flush at shutdown failed");

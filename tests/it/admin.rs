@@ -214,7 +214,14 @@ async fn plugin_lifecycle_upload_bind_swap_and_roll_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swap_under_load_fails_no_request_and_loses_no_record() {
-    let gw = Arc::new(gateway::start(vec![]).await);
+    // Generous timeouts: on a loaded CI machine a slow call must not be
+    // mistaken for a request the swap dropped.
+    let options = gateway::Options {
+        upstream_timeout: std::time::Duration::from_secs(10),
+        plugin_deadline: std::time::Duration::from_millis(1000),
+        ..gateway::Options::default()
+    };
+    let gw = Arc::new(gateway::start_with(vec![], options).await);
     let t = tenant(&gw, "swapco").await;
     let sample = urlencode(LEADS);
     let (st, v2) = upload(

@@ -152,7 +152,7 @@ async fn hostile_behaviour_becomes_a_typed_error_and_the_host_keeps_serving() {
     let (runtime, _) = support::runtime();
     let deadline = runtime.limits().deadline;
     // Compile outside the timed region.
-    runtime.load(plugin_bytes("hostile")).await.unwrap();
+    let _held = runtime.load(plugin_bytes("hostile")).await.unwrap();
     for (config, capability, kind) in HOSTILE_CASES {
         let started = Instant::now();
         let failure = run_hostile(&runtime, config).await;
@@ -450,11 +450,12 @@ async fn calls_errors_and_latency_are_measured_per_plugin() {
     let (runtime, metrics) = support::runtime();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
+    // Held, so the honest call below runs on this very (cached) component.
+    let support = runtime.load(plugin_bytes("support-desk")).await.unwrap();
     honest_call_still_works(&runtime).await;
     let _ = run_hostile(&runtime, "panic@meter").await;
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    let support = runtime.load(plugin_bytes("support-desk")).await.unwrap();
     let version = support.hash().short();
     assert!(
         text.contains(&format!(

@@ -1,6 +1,7 @@
 //! The official `openai` Python SDK, unmodified, against a real gateway:
-//! runs `tests/python` with pytest. `.ci/run` installs the SDK into
-//! `target/pyenv`; `TOLLGATE_PYTHON` may point at another interpreter.
+//! runs `tests/python` with pytest. The SDK lives in `target/pyenv` (made
+//! here on first run, or by `.ci/run`); `TOLLGATE_PYTHON` may point at
+//! another interpreter.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,11 +14,26 @@ fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let venv = root().join("target/pyenv/bin/python");
-    if venv.is_file() {
-        venv
-    } else {
-        PathBuf::from("python3")
+    if !venv.is_file() {
+        // A fresh checkout: `cargo test` alone must work, so make the venv
+        // with the pinned SDK the way `.ci/run` does.
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(root().join("target/pyenv"))
+            .status()
+            .expect("python3 is needed for the SDK test");
+        assert!(made.success(), "python3 -m venv target/pyenv failed");
+        let installed = Command::new(root().join("target/pyenv/bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(root().join("tests/python/requirements.txt"))
+            .status()
+            .expect("pip in target/pyenv");
+        assert!(
+            installed.success(),
+            "installing tests/python/requirements.txt into target/pyenv failed"
+        );
     }
+    venv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,9 +18,48 @@ pub enum BuildError {
     /// cargo failed; its diagnostics were printed to stderr.
     #[error("cargo build of {0} failed (see the compiler output above)")]
     Failed(PathBuf),
+    /// The `wasm32-wasip2` standard library is missing and could not be added.
+    #[error(
+        "the wasm32-wasip2 target is not installed and `rustup target add wasm32-wasip2` failed: {0}"
+    )]
+    Target(String),
     /// cargo succeeded but produced no `.wasm` for a crate.
     #[error("cargo built {0} but produced no .wasm component for it (is the crate a cdylib?)")]
     NoArtifact(String),
+}
+
+/// Makes sure the toolchain that builds in `dir` has the `wasm32-wasip2`
+/// standard library. rustup installs the targets of `rust-toolchain.toml`
+/// only when it installs the toolchain itself, so a machine that already had
+/// the pinned toolchain lacks the target; adding it here keeps "clone, then
+/// run one command" true.
+fn ensure_wasm_target(dir: &Path) -> Result<(), BuildError> {
+    static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let libdir = Command::new("rustc")
+                .current_dir(dir)
+                .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+            if libdir.is_some_and(|d| d.is_dir()) {
+                return Ok(());
+            }
+            eprintln!("installing the wasm32-wasip2 target (rustup target add wasm32-wasip2) …");
+            match Command::new("rustup")
+                .current_dir(dir)
+                .args(["target", "add", "wasm32-wasip2"])
+                .status()
+            {
+                Ok(status) if status.success() => Ok(()),
+                Ok(status) => Err(format!("rustup exited with {status}")),
+                Err(e) => Err(format!("cannot run rustup: {e}")),
+            }
+        })
+        .clone()
+        .map_err(BuildError::Target)
 }
 
 fn cargo_build(manifest_dir: &Path, packages: &[&str], target_dir: Option<&Path>) -> Command {
@@ -74,6 +113,7 @@ fn wasm_artifacts(mut cmd: Command, what: &Path) -> Result<BTreeMap<String, Path
 
 /// Builds the plugin crate at `manifest_dir` and returns its component.
 pub fn build(manifest_dir: &Path, target_dir: Option<&Path>) -> Result<PathBuf, BuildError> {
+    ensure_wasm_target(manifest_dir)?;
     let cmd = cargo_build(manifest_dir, &[], target_dir);
     let artifacts = wasm_artifacts(cmd, manifest_dir)?;
     let crate_name = manifest_dir
@@ -95,6 +135,7 @@ pub fn build_packages(
     packages: &[&str],
     target_dir: Option<&Path>,
 ) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+    ensure_wasm_target(workspace_dir)?;
     let cmd = cargo_build(workspace_dir, packages, target_dir);
     let artifacts = wasm_artifacts(cmd, workspace_dir)?;
     packages

@@ -49,7 +49,7 @@ pub struct AppState {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Background tasks (alert delivery) stopped with the server.
-    pub background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    pub background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Request tasks that must finish (and record) before shutdown ends.
     pub requests: tokio_util::task::TaskTracker,
 }

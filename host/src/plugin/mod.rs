@@ -128,7 +128,12 @@ struct Shared {
     engine: Engine,
     linker: wasmtime::component::Linker<StoreState>,
     limits: RuntimeLimits,
-    cache: Mutex<HashMap<ContentHash, Arc<CompiledPlugin>>>,
+    /// Weak, because every `CompiledPlugin` holds this `Shared`: a strong
+    /// cache would be a cycle that keeps the engine (and its pool's address
+    /// space and mappings) alive after the last runtime handle is gone. A
+    /// component stays cached while anything (a binding, the admin service)
+    /// holds it.
+    cache: Mutex<HashMap<ContentHash, std::sync::Weak<CompiledPlugin>>>,
     metrics: PluginMetrics,
     stop_ticker: Arc<AtomicBool>,
 }
@@ -270,7 +275,13 @@ impl PluginRuntime {
         compiled.log_labels = (compiled.info.name.as_str().into(), short.into());
         let ready = Arc::new(compiled);
         let mut cache = self.lock_cache();
-        Ok(cache.entry(hash).or_insert(ready).clone())
+        // Another load of the same bytes may have finished first: keep one.
+        if let Some(winner) = cache.get(&hash).and_then(std::sync::Weak::upgrade) {
+            return Ok(winner);
+        }
+        cache.retain(|_, weak| weak.strong_count() > 0);
+        cache.insert(hash, Arc::downgrade(&ready));
+        Ok(ready)
     }
 
     /// Drops a component from the cache (instances in flight keep theirs).
@@ -290,10 +301,14 @@ impl PluginRuntime {
     }
 
     fn cached(&self, hash: &ContentHash) -> Option<Arc<CompiledPlugin>> {
-        self.lock_cache().get(hash).cloned()
+        self.lock_cache()
+            .get(hash)
+            .and_then(std::sync::Weak::upgrade)
     }
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, Arc<CompiledPlugin>>> {
+    fn lock_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ContentHash, std::sync::Weak<CompiledPlugin>>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (single insert/remove), so a poisoned lock is still usable.
         self.shared

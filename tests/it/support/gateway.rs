@@ -191,6 +191,8 @@ pub struct Options {
     pub webhooks: BTreeMap<String, tollgate::config::WebhookSettings>,
     /// Surcharge bound reserved when a plugin declares none.
     pub default_surcharge_bound: Decimal,
+    /// Wall-clock deadline per plugin call.
+    pub plugin_deadline: Duration,
 }
 
 impl Default for Options {
@@ -201,6 +203,7 @@ impl Default for Options {
             durability: Durability::Sync,
             webhooks: BTreeMap::new(),
             default_surcharge_bound: Decimal::ONE_HUNDRED,
+            plugin_deadline: super::TEST_DEADLINE,
         }
     }
 }
@@ -237,7 +240,7 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
             platform_fee_percent: Decimal::TEN,
         },
         plugins: PluginSettings {
-            deadline: super::TEST_DEADLINE,
+            deadline: options.plugin_deadline,
             memory_bytes: 32 << 20,
             default_surcharge_bound: options.default_surcharge_bound,
         },
