@@ -298,6 +298,24 @@ async fn hot_swap_under_load_fails_no_request_and_loses_no_record() {
     .await;
     assert_eq!(view["current"]["plugin_sha256"], t.plugin.as_str());
     assert_eq!(view["current"]["revision"], swaps + 1);
+
+    // A restart right after the swaps keeps the last acknowledged binding
+    // and every record.
+    let gw = Arc::try_unwrap(gw).ok().expect("workers are done");
+    let gw = gw.restart().await;
+    let (_, view) = call(
+        &gw,
+        Method::GET,
+        &format!("/admin/v1/clients/{}/binding", t.client),
+        &t.token,
+        None,
+    )
+    .await;
+    assert_eq!(view["current"]["plugin_sha256"], t.plugin.as_str());
+    assert_eq!(view["current"]["revision"], swaps + 1);
+    assert_eq!(records_of(&gw, &t.client).len() as u64, total);
+    assert_eq!(chat_with(&gw, &t.key, "after restart").await.status(), 200);
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,6 +511,13 @@ async fn roles_tokens_and_errors() {
     )
     .await;
     assert_eq!(st, 409);
+    // A known path with the wrong method, and an unknown path: shaped errors.
+    let (st, e) = call(&gw, Method::PUT, "/admin/v1/agencies", &op, None).await;
+    assert_eq!(st, 405, "{e}");
+    assert_eq!(e["error"]["code"], "method_not_allowed");
+    let (st, e) = call(&gw, Method::GET, "/admin/v1/nothing-here", &op, None).await;
+    assert_eq!(st, 404, "{e}");
+    assert_eq!(e["error"]["code"], "unknown_url");
     // Unknown ids: 404.
     for path in [
         "/admin/v1/agencies/nope",

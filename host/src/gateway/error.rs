@@ -123,6 +123,16 @@ impl ApiError {
         )
     }
 
+    /// A known path called with a method it does not take.
+    pub fn wrong_method(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            format!("{path} does not take {method}"),
+        )
+    }
+
     /// The agency plugin refused the request.
     pub fn rejected(rejection: &Rejection) -> Self {
         let status = match rejection.kind {

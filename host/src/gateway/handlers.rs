@@ -855,3 +855,8 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
 pub async fn not_found(method: Method, uri: Uri) -> Response {
     ApiError::no_route(method.as_str(), uri.path()).into_response()
 }
+
+/// A known path with the wrong method: OpenAI-shaped 405.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::wrong_method(method.as_str(), uri.path()).into_response()
+}

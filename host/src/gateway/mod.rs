@@ -87,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         // Bodies are read with our own cap so the 413 is OpenAI-shaped.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
