@@ -1,7 +1,9 @@
 //! The single writer: it owns the in-memory running state (aggregates, credit
-//! buckets, reservations, alert markers), drains the bounded command queue,
-//! applies a whole batch, hands the store ONE atomic [`CommitGroup`], flushes
-//! once (sync mode) and then wakes every waiter of the batch.
+//! buckets, reservations, alert markers), drains the bounded command queue and
+//! applies a whole batch to memory; its committer thread hands the store ONE
+//! atomic [`CommitGroup`] per batch, flushes once (sync mode) and then wakes
+//! every waiter of the batch. The two overlap: batch N+1 is applied while batch
+//! N commits (at most one batch is in flight), see [`run_writer`].
 //!
 //! Because only this thread mutates ledger state, read-modify-write of aggregates
 //! needs no transaction. Reservations are checked under the same mutex the writer
@@ -11,7 +13,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -165,7 +167,10 @@ pub(crate) struct State {
     clients: HashMap<String, ClientState>,
     reservations: HashMap<u64, Held>,
     next_reservation: u64,
-    poisoned: Option<String>,
+    /// Idempotency keys of the batch handed to the committer last (number
+    /// `inflight_no`), which may not be in the store yet.
+    inflight: HashMap<String, usize>,
+    inflight_no: u64,
 }
 
 /// What the `Ledger` handle and the writer thread share.
@@ -179,6 +184,25 @@ pub(crate) struct Shared {
     pub overlay: RwLock<HashMap<AggKey, Totals>>,
     /// Batched mode: applied but not yet flushed.
     dirty: AtomicBool,
+    /// Set when a commit or flush failed: memory may be ahead of the store, so
+    /// every write is refused until the ledger is reopened.
+    poisoned: Mutex<Option<String>>,
+    /// Number of the last batch the committer has finished with (committed or
+    /// failed); the writer waits on it before handing over the next batch.
+    committed: Mutex<u64>,
+    committed_cv: Condvar,
+}
+
+/// A batch applied to memory, on its way to the committer.
+struct Prepared {
+    group: CommitGroup,
+    /// Nothing to write (no group, no checkpoint): only replies.
+    empty: bool,
+    checkpoint: bool,
+    /// The changed aggregates' values as of this batch, for readers once it
+    /// has committed (empty for a checkpoint, which clears the overlay).
+    overlay: Vec<(AggKey, Totals)>,
+    results: Vec<Result<Reply, LedgerError>>,
 }
 
 /// Changes accumulated while a batch is applied.
@@ -272,6 +296,9 @@ impl Shared {
             store,
             overlay: RwLock::new(HashMap::new()),
             dirty: AtomicBool::new(false),
+            poisoned: Mutex::new(None),
+            committed: Mutex::new(0),
+            committed_cv: Condvar::new(),
             state: Mutex::new(State {
                 meta,
                 aggs: HashMap::new(),
@@ -282,7 +309,8 @@ impl Shared {
                 reservations: HashMap::new(),
                 // Reservation ids from before a restart must not collide with new ones.
                 next_reservation: u64::try_from(now.timestamp_micros()).unwrap_or(1),
-                poisoned: None,
+                inflight: HashMap::new(),
+                inflight_no: 0,
             }),
             cfg,
         })
@@ -293,10 +321,38 @@ impl Shared {
             .state
             .lock()
             .map_err(|_| LedgerError::Poisoned("state mutex poisoned by a panic".into()))?;
-        if let Some(p) = &st.poisoned {
-            return Err(LedgerError::Poisoned(p.clone()));
-        }
+        self.check_poisoned()?;
         Ok(st)
+    }
+
+    fn check_poisoned(&self) -> Result<(), LedgerError> {
+        match &*self
+            .poisoned
+            .lock()
+            .map_err(|_| LedgerError::Poisoned("poison flag lock poisoned".into()))?
+        {
+            Some(p) => Err(LedgerError::Poisoned(p.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the committer is done with batch `n` (its group is in the
+    /// store, or the ledger is poisoned).
+    fn wait_committed(&self, n: u64) -> Result<(), LedgerError> {
+        let lost = || LedgerError::Poisoned("commit counter lock poisoned".into());
+        let mut c = self.committed.lock().map_err(|_| lost())?;
+        while *c < n {
+            c = self.committed_cv.wait(c).map_err(|_| lost())?;
+        }
+        drop(c);
+        self.check_poisoned()
+    }
+
+    fn mark_committed(&self, n: u64) {
+        if let Ok(mut c) = self.committed.lock() {
+            *c = (*c).max(n);
+        }
+        self.committed_cv.notify_all();
     }
 
     pub(crate) fn reserve(
@@ -384,58 +440,117 @@ impl Shared {
             .unwrap_or_default())
     }
 
-    /// Applies a batch of jobs as one group commit; returns each job's result.
+    /// Applies a batch of commands to memory and builds its commit group.
     /// `force_checkpoint` also writes every dirty aggregate in that group.
-    fn apply_jobs(&self, jobs: &[Job], force_checkpoint: bool) -> Vec<Result<Reply, LedgerError>> {
+    fn prepare(&self, cmds: Vec<Command>, force_checkpoint: bool) -> Prepared {
         let mut st = match self.lock() {
             Ok(st) => st,
-            Err(e) => return jobs.iter().map(|_| Err(clone_err(&e))).collect(),
+            Err(e) => {
+                return Prepared {
+                    group: CommitGroup::default(),
+                    empty: true,
+                    checkpoint: false,
+                    overlay: Vec::new(),
+                    results: cmds.iter().map(|_| Err(clone_err(&e))).collect(),
+                };
+            }
         };
         let now = self.cfg.clock.now();
         let mut b = Batch::default();
+        b.group.records.reserve(cmds.len());
         st.batch_no += 1;
-        let mut results: Vec<Result<Reply, LedgerError>> = jobs
-            .iter()
-            .map(|j| st.apply(self, &mut b, now, &j.cmd))
+        let force_checkpoint =
+            force_checkpoint || cmds.iter().any(|c| matches!(c, Command::Checkpoint));
+        let results: Vec<Result<Reply, LedgerError>> = cmds
+            .into_iter()
+            .map(|c| st.apply(self, &mut b, now, c))
             .collect();
         let checkpoint = !st.dirty.is_empty()
             && (force_checkpoint
-                || jobs.iter().any(|j| matches!(j.cmd, Command::Checkpoint))
                 || st.last_checkpoint.elapsed() >= self.cfg.aggregate_checkpoint_every
                 || st.dirty.len() >= self.cfg.max_dirty_aggregates);
         if b.is_empty() && !checkpoint {
-            return results;
+            return Prepared {
+                group: CommitGroup::default(),
+                empty: true,
+                checkpoint: false,
+                overlay: Vec::new(),
+                results,
+            };
+        }
+        if checkpoint {
+            st.last_checkpoint = Instant::now();
         }
         let touched = std::mem::take(&mut b.touched);
-        let mut group = st.finish(b, checkpoint);
-        match self.store.commit(&group) {
-            Ok(()) => {
-                self.publish(&mut st, checkpoint, touched);
-                let mut records: Vec<Option<StoredRecord>> = std::mem::take(&mut group.records)
-                    .into_iter()
-                    .map(Some)
-                    .collect();
-                for r in &mut results {
-                    if let Ok(Reply::NewRecord(i)) = r {
-                        *r = match records.get_mut(*i).and_then(Option::take) {
-                            Some(rec) => Ok(Reply::Record(RecordOutcome::Recorded(Box::new(rec)))),
-                            None => Err(LedgerError::Poisoned(
-                                "internal: reply for a record missing from its group".into(),
-                            )),
-                        };
-                    }
+        let new_records = std::mem::take(&mut b.new_records);
+        let group = st.finish(b, checkpoint);
+        let overlay = if checkpoint {
+            Vec::new()
+        } else {
+            touched
+                .into_iter()
+                .filter_map(|k| {
+                    let v = st.aggs.get(&k)?.value.clone();
+                    Some((k, v))
+                })
+                .collect()
+        };
+        st.inflight = new_records;
+        Prepared {
+            group,
+            empty: false,
+            checkpoint,
+            overlay,
+            results,
+        }
+    }
+
+    /// Commits a prepared batch and makes it visible to readers; returns each
+    /// command's result. After a failed commit (this one or an earlier one)
+    /// nothing is written and every command fails: memory is ahead of the store.
+    fn complete(&self, p: Prepared) -> Vec<Result<Reply, LedgerError>> {
+        let Prepared {
+            mut group,
+            empty,
+            checkpoint,
+            overlay,
+            mut results,
+        } = p;
+        if empty {
+            return results;
+        }
+        if let Err(e) = self.check_poisoned() {
+            for r in &mut results {
+                if r.is_ok() {
+                    *r = Err(clone_err(&e));
                 }
             }
-            Err(e) => {
-                // Memory is now ahead of the store: refuse everything until reopen.
-                let msg = format!("group commit failed: {e}");
-                tracing::error!(error = %e, "ledger group commit failed; ledger poisoned");
-                st.poisoned = Some(msg.clone());
-                for r in &mut results {
-                    if r.is_ok() {
-                        *r = Err(LedgerError::Poisoned(msg.clone()));
-                    }
+            return results;
+        }
+        if let Err(e) = self.store.commit(&group) {
+            let msg = format!("group commit failed: {e}");
+            tracing::error!(error = %e, "ledger group commit failed; ledger poisoned");
+            self.poison(msg.clone());
+            for r in &mut results {
+                if r.is_ok() {
+                    *r = Err(LedgerError::Poisoned(msg.clone()));
                 }
+            }
+            return results;
+        }
+        self.publish(checkpoint, overlay);
+        let mut records: Vec<Option<StoredRecord>> = std::mem::take(&mut group.records)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for r in &mut results {
+            if let Ok(Reply::NewRecord(i)) = r {
+                *r = match records.get_mut(*i).and_then(Option::take) {
+                    Some(rec) => Ok(Reply::Record(RecordOutcome::Recorded(Box::new(rec)))),
+                    None => Err(LedgerError::Poisoned(
+                        "internal: reply for a record missing from its group".into(),
+                    )),
+                };
             }
         }
         results
@@ -487,27 +602,22 @@ impl Shared {
     }
 
     /// Makes the batch's aggregates visible to readers (after its commit).
-    fn publish(&self, st: &mut State, checkpoint: bool, touched: Vec<AggKey>) {
+    fn publish(&self, checkpoint: bool, values: Vec<(AggKey, Totals)>) {
         let Ok(mut ov) = self.overlay.write() else {
-            st.poisoned = Some("overlay lock poisoned".into());
+            self.poison("overlay lock poisoned".into());
             return;
         };
         if checkpoint {
             // The store now holds every aggregate; the overlay is redundant.
             ov.clear();
-            st.last_checkpoint = Instant::now();
         } else {
-            for k in touched {
-                if let Some(a) = st.aggs.get(&k) {
-                    ov.insert(k, a.value.clone());
-                }
-            }
+            ov.extend(values);
         }
     }
 
     fn poison(&self, msg: String) {
-        if let Ok(mut st) = self.state.lock() {
-            st.poisoned = Some(msg);
+        if let Ok(mut p) = self.poisoned.lock() {
+            p.get_or_insert(msg);
         }
     }
 }
@@ -610,46 +720,46 @@ impl State {
         sh: &Shared,
         b: &mut Batch,
         now: DateTime<Utc>,
-        cmd: &Command,
+        cmd: Command,
     ) -> Result<Reply, LedgerError> {
         match cmd {
-            Command::Record(r) => self.apply_record(sh, b, now, r),
+            Command::Record(r) => self.apply_record(sh, b, now, *r),
             Command::Reverse {
                 original_key,
                 reason,
-            } => self.apply_reversal(sh, b, now, original_key, reason),
+            } => self.apply_reversal(sh, b, now, &original_key, &reason),
             Command::TopUp {
                 client,
                 amount,
                 key,
                 expires_at,
             } => self
-                .apply_topup(sh, b, now, client, *amount, key, *expires_at)
+                .apply_topup(sh, b, now, &client, amount, &key, expires_at)
                 .map(Reply::TopUp),
             Command::SetPlan(plan) => {
-                validate_plan(plan)?;
+                validate_plan(&plan)?;
                 self.load_client(&*sh.store, &plan.client_id)?;
                 if let Some(c) = self.clients.get_mut(&plan.client_id) {
                     c.plan = plan.clone();
                 }
-                b.group.plans.push(plan.clone());
+                b.group.plans.push(plan);
                 Ok(Reply::Done)
             }
             Command::AlertDelivered(id) => {
-                let mut a = self.find_alert(sh, b, *id)?;
+                let mut a = self.find_alert(sh, b, id)?;
                 a.delivery = Backoff::after_success(&a.delivery, now);
                 b.alerts.insert(a.id, a.clone());
                 Ok(Reply::Alert(a))
             }
             Command::AlertFailed { id, error } => {
-                let mut a = self.find_alert(sh, b, *id)?;
-                a.delivery = sh.cfg.alert_backoff.after_failure(&a.delivery, now, error);
+                let mut a = self.find_alert(sh, b, id)?;
+                a.delivery = sh.cfg.alert_backoff.after_failure(&a.delivery, now, &error);
                 b.alerts.insert(a.id, a.clone());
                 Ok(Reply::Alert(a))
             }
             Command::SweepExpired(client) => {
-                self.load_client(&*sh.store, client)?;
-                self.sweep(b, client, now);
+                self.load_client(&*sh.store, &client)?;
+                self.sweep(b, &client, now);
                 Ok(Reply::Done)
             }
             Command::Checkpoint => Ok(Reply::Done),
@@ -660,6 +770,8 @@ impl State {
         if let Some(a) = b.alerts.get(&id) {
             return Ok(a.clone());
         }
+        // The batch in flight may have changed it.
+        sh.wait_committed(self.inflight_no)?;
         sh.store
             .get_alert(id)?
             .ok_or_else(|| LedgerError::NotFound(format!("alert {id}")))
@@ -674,6 +786,10 @@ impl State {
     ) -> Result<Option<StoredRecord>, LedgerError> {
         if let Some(r) = b.new_records.get(key).and_then(|&i| b.group.records.get(i)) {
             return Ok(Some(r.clone()));
+        }
+        if self.inflight.contains_key(key) {
+            // Claimed by the batch being committed: read it once it is stored.
+            sh.wait_committed(self.inflight_no)?;
         }
         match sh.store.find_idempotency_key(key)? {
             Some(id) => match sh.store.get_record(id)? {
@@ -691,9 +807,9 @@ impl State {
         sh: &Shared,
         b: &mut Batch,
         now: DateTime<Utc>,
-        r: &UsageRecord,
+        r: UsageRecord,
     ) -> Result<Reply, LedgerError> {
-        validate(r)?;
+        validate(&r)?;
         if let Some(existing) = self.existing(sh, b, &r.idempotency_key)? {
             // A retry may carry a fresh reservation; it must not stay held.
             if let Some(id) = r.reservation_id {
@@ -723,17 +839,18 @@ impl State {
             recorded_at: now,
             kind: RecordKind::Usage,
             credits_applied: Vec::new(),
-            record: r.clone(),
+            record: r,
         };
-        self.preload(sh, &stored)?;
+        let contribs = self.preload(sh, &stored)?;
         // Nothing below can fail: state changes only from here on.
         self.meta.next_seq += 1;
-        self.sweep(b, &r.client_id, now);
-        self.grant_included(sh, b, &r.client_id, period, now);
+        let client = stored.record.client_id.as_str();
+        self.sweep(b, client, now);
+        self.grant_included(sh, b, client, period, now);
         let mut stored = stored;
         stored.credits_applied = self.consume(b, &stored, now);
-        self.settle_reservation_opt(r.reservation_id);
-        self.book(b, &stored);
+        self.settle_reservation_opt(stored.record.reservation_id);
+        self.book(b, &stored, contribs);
         self.check_alerts(b, &stored, now);
         Ok(Reply::NewRecord(push_record(b, stored)))
     }
@@ -794,27 +911,42 @@ impl State {
             credits_applied: Vec::new(),
             record: rec,
         };
-        self.preload(sh, &stored)?;
+        let contribs = self.preload(sh, &stored)?;
         self.meta.next_seq += 1;
         let mut stored = stored;
         stored.credits_applied = self.refund(b, &orig, &stored, now);
-        self.book(b, &stored);
+        self.book(b, &stored, contribs);
         Ok(Reply::NewRecord(push_record(b, stored)))
     }
 
-    /// Loads everything `book`/`check_alerts` touch, so they cannot fail.
-    fn preload(&mut self, sh: &Shared, stored: &StoredRecord) -> Result<(), LedgerError> {
-        for (k, _) in contributions(stored) {
-            self.load_agg(&*sh.store, &k)?;
+    /// Loads everything `book`/`check_alerts` touch, so they cannot fail, and
+    /// returns the record's contributions (before credit is applied).
+    fn preload(
+        &mut self,
+        sh: &Shared,
+        stored: &StoredRecord,
+    ) -> Result<Vec<(AggKey, Totals)>, LedgerError> {
+        let contribs = contributions(stored);
+        for (k, _) in &contribs {
+            self.load_agg(&*sh.store, k)?;
         }
-        self.load_alerted(&*sh.store, &stored.record.client_id, stored.id.period)
+        self.load_alerted(&*sh.store, &stored.record.client_id, stored.id.period)?;
+        Ok(contribs)
     }
 
     /// Adds a record to the running aggregates: one map lookup per aggregate,
     /// noting aggregates first changed in this batch or since the checkpoint.
-    fn book(&mut self, b: &mut Batch, stored: &StoredRecord) {
+    /// `contribs` are the record's contributions computed before its credit was
+    /// applied; only the client aggregate's `credits_applied` depends on that.
+    fn book(&mut self, b: &mut Batch, stored: &StoredRecord, mut contribs: Vec<(AggKey, Totals)>) {
+        for (k, t) in &mut contribs {
+            if matches!(k, AggKey::Client { .. }) {
+                t.credits_applied = stored.credits_total();
+            }
+        }
+        debug_assert_eq!(contribs, contributions(stored));
         let batch_no = self.batch_no;
-        for (k, delta) in contributions(stored) {
+        for (k, delta) in contribs {
             let mut slot = match self.aggs.entry(k) {
                 Entry::Occupied(o) => o,
                 Entry::Vacant(v) => v.insert_entry(AggSlot::default()),
@@ -1066,6 +1198,8 @@ impl State {
         if let Some(bk) = b.new_topups.get(key) {
             return Ok(TopUpOutcome::Duplicate(bk.clone()));
         }
+        // The batch in flight may hold this key (top-ups are rare: just wait).
+        sh.wait_committed(self.inflight_no)?;
         if let Some(bucket_id) = sh.store.find_topup_key(key)? {
             let found = sh
                 .store
@@ -1211,22 +1345,102 @@ fn flush(sh: &Shared) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// A prepared batch with its waiters, handed from the writer to the committer.
+struct Handoff {
+    no: u64,
+    prepared: Prepared,
+    replies: Vec<flume::Sender<Result<Reply, LedgerError>>>,
+}
+
 /// The writer thread's loop. Ends when every sender is gone, after a final
 /// checkpoint and flush.
+///
+/// Applying a batch (memory only) and committing it are pipelined: the writer
+/// applies batch N+1 while its committer thread commits batch N, flushes it
+/// (sync mode) and wakes its waiters. Only one batch is ever in flight: before
+/// handing over N+1 the writer waits until N is committed, and while applying
+/// N+1 it waits for N whenever it must read something N may have written (an
+/// idempotency key claimed by N, top-up keys, alerts). Groups therefore reach
+/// the store one at a time and in order, exactly as without the pipeline.
 pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < sh.cfg.max_batch {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+    let (to_committer, from_writer) = flume::bounded::<Handoff>(1);
+    std::thread::scope(|scope| {
+        let committer = std::thread::Builder::new()
+            .name("tollgate-ledger-commit".into())
+            .spawn_scoped(scope, || run_committer(&sh, from_writer));
+        if committer.is_err() {
+            sh.poison("could not start the ledger committer thread".into());
+        }
+        let mut no = 0u64;
+        while let Ok(first) = rx.recv() {
+            let mut cmds = vec![first.cmd];
+            let mut replies = vec![first.reply];
+            while cmds.len() < sh.cfg.max_batch {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        cmds.push(j.cmd);
+                        replies.push(j.reply);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let prepared = sh.prepare(cmds, false);
+            // At most one batch in flight: the previous one must be stored.
+            let _ = sh.wait_committed(no);
+            no += 1;
+            if let Ok(mut st) = sh.state.lock() {
+                st.inflight_no = no;
+            }
+            let h = Handoff {
+                no,
+                prepared,
+                replies,
+            };
+            if let Err(flume::SendError(h)) = to_committer.send(h) {
+                // No committer: nothing can be written.
+                let e = LedgerError::Poisoned("ledger committer thread is gone".into());
+                sh.poison(e.to_string());
+                for reply in h.replies {
+                    let _ = reply.send(Err(clone_err(&e)));
+                }
             }
         }
-        let mut results = sh.apply_jobs(&jobs, false);
+        drop(to_committer);
+    });
+    // Shutdown (the committer has finished): checkpoint so the next open has
+    // nothing to replay.
+    let p = sh.prepare(Vec::new(), true);
+    let _ = sh.complete(p);
+    let _ = flush(&sh);
+}
+
+/// Commits the writer's batches in order, then flushes (sync mode) and
+/// answers every waiter of the batch.
+fn run_committer(sh: &Shared, rx: flume::Receiver<Handoff>) {
+    /// Releases a writer waiting on the counter even if this thread panics.
+    struct Done<'a>(&'a Shared);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.poison("ledger committer thread panicked".into());
+            }
+            self.0.mark_committed(u64::MAX);
+        }
+    }
+    let _done = Done(sh);
+    for Handoff {
+        no,
+        prepared,
+        replies,
+    } in rx.iter()
+    {
+        let mut results = sh.complete(prepared);
+        // The group is in the store: the writer may hand over the next one.
+        sh.mark_committed(no);
         let wrote = results.iter().any(|r| r.is_ok());
         match sh.cfg.durability {
             Durability::Sync => {
-                if wrote && let Err(e) = flush(&sh) {
+                if wrote && let Err(e) = flush(sh) {
                     for r in &mut results {
                         *r = Err(clone_err(&e));
                     }
@@ -1240,14 +1454,11 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
                 }
             }
         }
-        for (job, res) in jobs.into_iter().zip(results) {
+        for (reply, res) in replies.into_iter().zip(results) {
             // A waiter that gave up (dropped its receiver) is not an error.
-            let _ = job.reply.send(res);
+            let _ = reply.send(res);
         }
     }
-    // Shutdown: checkpoint so the next open has nothing to replay.
-    let _ = sh.apply_jobs(&[], true);
-    let _ = flush(&sh);
 }
 
 /// Batched mode's periodic flush. Ends when `stop` is dropped.

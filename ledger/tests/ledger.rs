@@ -909,10 +909,56 @@ fn a_full_queue_backpressures_then_reports_overloaded_without_losing_acknowledge
             Err(e) => panic!("{e}"),
         }
     }
-    // One in the writer, two in the queue; the rest timed out.
-    assert_eq!(ok, 3);
-    assert_eq!(overloaded, 5);
-    assert_eq!(l.usage_so_far("c1", p("2025-01")).unwrap().requests, 3);
+    // One being committed, one applied and waiting to be handed to the
+    // committer, two in the queue; the rest timed out.
+    assert_eq!(ok, 4);
+    assert_eq!(overloaded, 4);
+    assert_eq!(l.usage_so_far("c1", p("2025-01")).unwrap().requests, 4);
+}
+
+#[test]
+fn a_retry_or_reversal_of_a_record_still_being_committed_sees_it_once() {
+    // The writer applies the next batch while the committer writes the previous
+    // one; a retry in that window must wait for the commit, not record twice.
+    let store = Arc::new(TestStore::new(Arc::new(SledStore::temporary().unwrap())));
+    let l = Ledger::open_with_store(
+        store.clone(),
+        LedgerConfig {
+            clock: ManualClock::new(t("2025-01-10T12:00:00Z")).clock(),
+            ..LedgerConfig::default()
+        },
+    )
+    .unwrap();
+    let gate = store.gate.lock().unwrap();
+    let first = {
+        let l = l.clone();
+        std::thread::spawn(move || l.record(rec("k1", "c1", "1", "0")))
+    };
+    // Let the first batch reach the committer, which waits at the gate.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let retry = {
+        let l = l.clone();
+        std::thread::spawn(move || l.record(rec("k1", "c1", "1", "0")))
+    };
+    let reversal = {
+        let l = l.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            l.reverse("k1", "test")
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(gate);
+    let first = first.join().unwrap().unwrap();
+    let retry = retry.join().unwrap().unwrap();
+    let reversal = reversal.join().unwrap().unwrap();
+    assert!(!first.is_duplicate());
+    assert!(retry.is_duplicate());
+    assert_eq!(retry.record(), first.record());
+    assert!(!reversal.is_duplicate());
+    let usage = l.usage_so_far("c1", p("2025-01")).unwrap();
+    assert_eq!(usage.requests, 0);
+    assert!(l.verify().unwrap().is_consistent());
 }
 
 #[test]
