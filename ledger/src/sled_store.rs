@@ -698,6 +698,7 @@ impl LedgerStore for SledStore {
                 .as_ref()
                 .is_none_or(|m| &u.routed_model == m || &u.requested_model == m)
                 && q.unit.as_ref().is_none_or(|n| u.units.contains_key(n))
+                && q.agency.as_ref().is_none_or(|a| &u.agency_id == a)
         };
         if let Some(c) = &q.client {
             let mut prefix = vec![CLIENT_INDEX];

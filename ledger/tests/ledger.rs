@@ -611,8 +611,29 @@ fn records_page_by_cursor_and_filter_by_client_model_and_unit() {
             r.routed_model = "small".into();
             r.units.insert("doc".into(), d("1"));
         }
+        if i >= 20 {
+            r.agency_id = "agency-2".into();
+        }
         l.record(r).unwrap();
     }
+    // An agency's records, page by page (the admin API's agency-wide listing).
+    let mut agency_q = RecordQuery {
+        agency: Some("agency-2".into()),
+        limit: 2,
+        ..RecordQuery::default()
+    };
+    let mut of_agency = Vec::new();
+    loop {
+        let page = l.records(&agency_q).unwrap();
+        assert!(page.items.len() <= 2);
+        of_agency.extend(page.items.iter().map(|r| r.record.idempotency_key.clone()));
+        match page.next_cursor {
+            Some(c) => agency_q.cursor = Some(c),
+            None => break,
+        }
+    }
+    let want: Vec<_> = (20..25).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(of_agency, want);
     let mut q = RecordQuery {
         period: Some(p("2025-01")),
         limit: 10,
