@@ -1854,6 +1854,16 @@ impl Admin {
             0 => PAGE_DEFAULT,
             n => n.min(PAGE_MAX),
         };
+        // Cursors are the hex `next_cursor` of an earlier page; anything else
+        // is the caller's mistake, not a store failure.
+        if let Some(cursor) = &query.cursor
+            && hex::decode(cursor).is_err()
+        {
+            return Err(invalid(
+                "cursor",
+                "must be the `next_cursor` of an earlier page",
+            ));
+        }
         if let Some(client) = &query.client {
             self.client(p, client)?;
         }
@@ -1862,7 +1872,12 @@ impl Admin {
             (Some(own), _) => query.agency = Some(own.to_owned()),
             (None, _) => {}
         }
-        Ok(self.ledger.records(&query)?)
+        let mut page = self.ledger.records(&query)?;
+        // The tenancy boundary does not rest on the store's filter alone.
+        if let Some(agency) = &query.agency {
+            page.items.retain(|r| &r.record.agency_id == agency);
+        }
+        Ok(page)
     }
 
     /// A client's statement.
