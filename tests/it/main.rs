@@ -12,6 +12,8 @@
 )]
 
 mod admin;
+mod admin_fuzz;
+mod admin_isolation;
 mod config_and_reports;
 mod gateway;
 mod plugin_runtime;

@@ -219,3 +219,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/v1/usage"),
     ("GET", "/admin/v1/audit"),
 ];
+
+/// Fills the `{name}` parameters of an OpenAPI path template (the first
+/// value given for a name wins).
+pub fn fill(template: &str, params: &[(&str, &str)]) -> String {
+    let mut path = template.to_owned();
+    for (name, value) in params {
+        path = path.replace(&format!("{{{name}}}"), value);
+    }
+    path
+}
