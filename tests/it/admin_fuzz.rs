@@ -96,8 +96,7 @@ const RAW_SEGMENTS: &[&str] = &[
     "tok_",
 ];
 
-/// Path segments that percent-decode to invalid UTF-8 (see
-/// [`known_defect`]).
+/// Path segments that percent-decode to invalid UTF-8.
 const INVALID_UTF8_SEGMENTS: &[&str] = &["%FF", "%C3%28", "%E2%82", "%ED%A0%80"];
 
 /// Values that are odd as text (for fields, query values, path segments).
@@ -470,28 +469,15 @@ impl World {
             .text()
             .await
             .map_err(|e| format!("{what}: answer cut: {e}"))?;
-        check_answer(&what, status, &text, false)
+        check_answer(&what, status, &text)
     }
 }
 
-/// An answer that breaks the shape property in a known way, not fixed yet,
-/// and checked strictly by the ignored test
-/// `invalid_utf8_path_parameters_get_a_json_error` instead: a path
-/// parameter that percent-decodes to invalid UTF-8 is refused by axum's
-/// `Path` extractor (`host/src/admin/http.rs` uses it as is) with a
-/// plain-text 400 "Invalid URL: Invalid UTF-8 in `client`".
-fn known_defect(status: u16, text: &str) -> bool {
-    status == 400 && text.starts_with("Invalid URL: Invalid UTF-8 in `")
-}
-
-/// The property of one answer (`strict`: no [`known_defect`] excused).
-fn check_answer(what: &str, status: u16, text: &str, strict: bool) -> Result<(), String> {
+/// The property of one answer.
+fn check_answer(what: &str, status: u16, text: &str) -> Result<(), String> {
     let shown: String = text.chars().take(500).collect();
     if status >= 500 {
         return Err(format!("{what}: {status}: {shown}"));
-    }
-    if !strict && known_defect(status, text) {
-        return Ok(());
     }
     let body: Value = serde_json::from_str(text)
         .map_err(|_| format!("{what}: {status} with a body that is not JSON: {shown:?}"))?;
@@ -749,7 +735,7 @@ fn admin_api_input_never_gets_a_5xx_or_an_unshaped_error() {
                     .unwrap();
                 let status = resp.status().as_u16();
                 let text = resp.text().await.unwrap();
-                check_answer(&format!("{method} {path}"), status, &text, true).err()
+                check_answer(&format!("{method} {path}"), status, &text).err()
             })
         })
         .collect();
@@ -806,10 +792,9 @@ fn admin_api_input_never_gets_a_5xx_or_an_unshaped_error() {
     rt.block_on(gw.stop());
 }
 
-/// The [`known_defect`], checked strictly: fails until it is fixed. Run
-/// with `--ignored`.
+/// Path segments that decode to invalid UTF-8 get the JSON error shape
+/// too (axum's own `Path` rejection is plain text).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: plain-text 400 for invalid UTF-8 path parameters (host/src/admin/http.rs)"]
 async fn invalid_utf8_path_parameters_get_a_json_error() {
     let gw = gateway::start(vec![]).await;
     let mut requests = Vec::new();
@@ -836,7 +821,7 @@ async fn invalid_utf8_path_parameters_get_a_json_error() {
             .unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        if let Err(e) = check_answer(&format!("{method} {path}"), status, &text, true) {
+        if let Err(e) = check_answer(&format!("{method} {path}"), status, &text) {
             failures.push(e);
         }
     }

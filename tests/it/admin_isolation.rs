@@ -15,8 +15,8 @@
 //! its own, showing nothing of B's.
 //!
 //! B's whole state, read through the operator before and after, must not
-//! change (plugin call metrics aside: they are shared by content hash, a
-//! known leak checked by the ignored test at the end), B's key must keep
+//! change (its plugin call metrics included: they are kept per agency even
+//! for bytes another agency uploaded too), B's key must keep
 //! working, and the ledger records and A's usage listing (paged) must show
 //! that each tenant's traffic ran on its own plugin version and agency.
 
@@ -553,15 +553,7 @@ async fn snapshot(gw: &TestGateway, agency: &str, p: &Periods) -> BTreeMap<Strin
         format!("/admin/v1/audit?agency_id={agency}&limit=1000"),
         format!("/admin/v1/agencies/{agency}/payouts/{}", p.closed),
     ] {
-        let mut body = get_ok(gw, &path).await;
-        if path.starts_with("/admin/v1/plugins") {
-            // Call figures are per content hash, shared by every agency
-            // that uploaded the same bytes: see the ignored test
-            // `plugin_metrics_are_per_agency_even_for_the_same_bytes`.
-            for version in body.as_array_mut().unwrap() {
-                version.as_object_mut().unwrap().remove("metrics");
-            }
-        }
+        let body = get_ok(gw, &path).await;
         snap.insert(path, body);
     }
     let clients = snap[&format!("/admin/v1/clients?agency_id={agency}")].clone();
@@ -942,15 +934,10 @@ async fn every_isolation_case_is_accepted_for_the_agencys_own_objects() {
     gw.stop().await;
 }
 
-/// Known leak, not fixed: a plugin version's call figures (`metrics` in
-/// `GET /admin/v1/plugins`) belong to the compiled component, and the
-/// plugin runtime shares one compiled component per content hash. So when
-/// two agencies upload the same bytes, each sees the other's calls, errors
-/// and latencies (and the other's upload smoke run). Fixing it needs
-/// per-agency figures in the plugin runtime (`host/src/plugin`), beyond
-/// the admin service. Run with `--ignored`.
+/// A plugin version's call figures (`metrics` in `GET /admin/v1/plugins`)
+/// are per agency: two agencies that upload the same bytes share the
+/// compiled component, never each other's numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known leak: plugin call metrics are shared by content hash across agencies"]
 async fn plugin_metrics_are_per_agency_even_for_the_same_bytes() {
     let gw = gateway::start(vec![]).await;
     // Both upload (and bind) the same support-desk bytes.

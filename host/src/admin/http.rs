@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -94,6 +94,24 @@ impl<T: DeserializeOwned> axum::extract::FromRequest<Shared> for Body<T> {
                 format!("{field}: {}", e.into_inner()),
             ))
         })
+    }
+}
+
+/// Path parameters, with an OpenAI-shaped error (not axum's plain text)
+/// when a segment does not decode (e.g. invalid UTF-8).
+struct Path<T>(T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<Shared> for Path<T> {
+    type Rejection = Fail;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Fail> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(e) => Err(Fail(ApiError::invalid(
+                "path",
+                format!("path: {}", e.body_text()),
+            ))),
+        }
     }
 }
 

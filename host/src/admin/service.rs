@@ -28,7 +28,7 @@ use crate::gateway::tenancy::{
     generate_key, hash_key,
 };
 use crate::plugin::policy::FailurePolicy;
-use crate::plugin::{CompiledPlugin, PluginRuntime};
+use crate::plugin::{CompiledPlugin, PluginRuntime, PluginStats};
 
 /// Who is calling the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +279,9 @@ pub struct Admin {
     tokens: ArcSwap<HashMap<[u8; 32], TokenDoc>>,
     plugins: Mutex<HashMap<String, Arc<CompiledPlugin>>>,
     limiters: Mutex<HashMap<String, Arc<RateLimit>>>,
+    /// Per (agency, version) call figures: agencies that upload the same
+    /// bytes share the compiled component, never each other's numbers.
+    version_stats: Mutex<HashMap<(String, String), Arc<PluginStats>>>,
     write: tokio::sync::Mutex<()>,
 }
 
@@ -306,6 +309,7 @@ impl Admin {
             tokens: ArcSwap::default(),
             plugins: Mutex::default(),
             limiters: Mutex::default(),
+            version_stats: Mutex::default(),
             write: tokio::sync::Mutex::new(()),
         }
     }
@@ -489,6 +493,15 @@ impl Admin {
         Ok(plugin)
     }
 
+    fn version_stats(&self, agency: &str, sha: &str) -> Arc<PluginStats> {
+        self.version_stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((agency.to_owned(), sha.to_owned()))
+            .or_default()
+            .clone()
+    }
+
     fn lock_plugins(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CompiledPlugin>>> {
         self.plugins
             .lock()
@@ -553,6 +566,7 @@ impl Admin {
                     plugin,
                     config: doc.config.as_str().into(),
                     policy: doc.failure_policy,
+                    stats: self.version_stats(&client.agency_id, &doc.plugin_sha256),
                 }),
                 models: client.models.as_ref().map(|m| m.iter().cloned().collect()),
                 rate_limit: self.limiter(&client.id, client.rate_limit_per_minute),
@@ -1205,19 +1219,13 @@ impl Admin {
                 bound_to.push(c.id);
             }
         }
-        let metrics = self
-            .lock_plugins()
-            .get(&d.sha256)
-            .map(|p| {
-                let s = p.stats();
-                VersionMetrics {
-                    calls: s.calls(),
-                    errors: s.errors(),
-                    mean_latency_us: s.mean_micros(),
-                    max_latency_us: s.max_micros(),
-                }
-            })
-            .unwrap_or_default();
+        let s = self.version_stats(&d.agency_id, &d.sha256);
+        let metrics = VersionMetrics {
+            calls: s.calls(),
+            errors: s.errors(),
+            mean_latency_us: s.mean_micros(),
+            max_latency_us: s.max_micros(),
+        };
         Ok(PluginView {
             sha256: d.sha256.clone(),
             agency_id: d.agency_id.clone(),
@@ -1419,7 +1427,7 @@ impl Admin {
             .into_iter()
             .filter(|d| p.sees(&d.agency_id) && agency.is_none_or(|a| a == d.agency_id))
             .collect();
-        docs.sort_by(|a, b| b.uploaded_at.cmp(&a.uploaded_at));
+        docs.sort_by_key(|d| std::cmp::Reverse(d.uploaded_at));
         docs.iter().map(|d| self.plugin_view(d)).collect()
     }
 

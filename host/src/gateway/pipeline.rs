@@ -121,7 +121,7 @@ pub async fn prepare(
         tags: incoming.tags,
     };
     let binding = &client.binding;
-    let routed = match binding.plugin.session(&summary.request_id).await {
+    let routed = match binding.session(&summary.request_id).await {
         Ok(mut session) => session.route(&binding.config, &summary, &offers).await,
         // No instance slot is free: the gateway is at capacity. That is not
         // the plugin's failure, so its policy does not apply.
@@ -509,7 +509,7 @@ async fn meter_and_price(
     usage: &Usage,
 ) -> Result<(Vec<BusinessUnit>, PriceQuote), PluginError> {
     let binding = &prepared.caller.client.binding;
-    let mut session = binding.plugin.session(&prepared.summary.request_id).await?;
+    let mut session = binding.session(&prepared.summary.request_id).await?;
     let units = session
         .meter(&binding.config, &prepared.summary, usage)
         .await?;

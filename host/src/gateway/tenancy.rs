@@ -12,8 +12,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use crate::plugin::CompiledPlugin;
 use crate::plugin::policy::FailurePolicy;
+use crate::plugin::{CompiledPlugin, PluginError, PluginStats, Session};
 
 /// Prefix of client app keys.
 pub const APP_KEY_PREFIX: &str = "tg_live_";
@@ -28,6 +28,17 @@ pub struct Binding {
     pub config: Arc<str>,
     /// What a plugin failure does.
     pub policy: FailurePolicy,
+    /// This agency's call figures for the version.
+    pub stats: Arc<PluginStats>,
+}
+
+impl Binding {
+    /// A fresh plugin instance for one request, counted for this agency.
+    pub async fn session(&self, request_id: &str) -> Result<Session, PluginError> {
+        self.plugin
+            .session_for(request_id, self.stats.clone())
+            .await
+    }
 }
 
 /// A client of an agency, as the data path needs it.

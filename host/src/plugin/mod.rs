@@ -484,7 +484,19 @@ impl CompiledPlugin {
 
     /// A fresh instance for one request.
     pub async fn session(&self, request_id: &str) -> Result<Session, PluginError> {
-        self.session_with_deadline(request_id, self.shared.limits.deadline)
+        self.session_with_deadline(request_id, self.shared.limits.deadline, None)
+            .await
+    }
+
+    /// A fresh instance for one request whose calls are also counted in
+    /// `tenant_stats`: one agency's figures for this version, apart from any
+    /// other agency that uploaded the same bytes.
+    pub async fn session_for(
+        &self,
+        request_id: &str,
+        tenant_stats: Arc<PluginStats>,
+    ) -> Result<Session, PluginError> {
+        self.session_with_deadline(request_id, self.shared.limits.deadline, Some(tenant_stats))
             .await
     }
 
@@ -493,13 +505,14 @@ impl CompiledPlugin {
     /// machine must not fail an upload or a binding over a few milliseconds.
     async fn admin_session(&self, label: &str) -> Result<Session, PluginError> {
         let deadline = self.shared.limits.deadline.max(ADMIN_DEADLINE);
-        self.session_with_deadline(label, deadline).await
+        self.session_with_deadline(label, deadline, None).await
     }
 
     async fn session_with_deadline(
         &self,
         request_id: &str,
         deadline: Duration,
+        tenant_stats: Option<Arc<PluginStats>>,
     ) -> Result<Session, PluginError> {
         let limits = &self.shared.limits;
         let state = StoreState::new(
@@ -524,6 +537,9 @@ impl CompiledPlugin {
             Err(e) => {
                 let error = classify(e, &store, deadline, limits.memory_bytes);
                 self.stats.record(Duration::ZERO, true);
+                if let Some(t) = &tenant_stats {
+                    t.record(Duration::ZERO, true);
+                }
                 self.series.record_error(Capability::Describe, &error);
                 return Err(error);
             }
@@ -535,6 +551,7 @@ impl CompiledPlugin {
             series: self.series.clone(),
             shared: self.shared.clone(),
             stats: self.stats.clone(),
+            tenant_stats,
             poisoned: false,
         })
     }
@@ -570,6 +587,7 @@ pub struct Session {
     series: Arc<metrics::PluginSeries>,
     shared: Arc<Shared>,
     stats: Arc<PluginStats>,
+    tenant_stats: Option<Arc<PluginStats>>,
     poisoned: bool,
 }
 
@@ -631,6 +649,9 @@ impl Session {
             self.poisoned = true;
         }
         self.stats.record(elapsed, outcome.is_err());
+        if let Some(t) = &self.tenant_stats {
+            t.record(elapsed, outcome.is_err());
+        }
         self.series
             .record(capability, elapsed, outcome.as_ref().err());
         outcome
@@ -641,6 +662,9 @@ impl Session {
         self.poisoned = true;
         self.series.record_error(capability, &error);
         self.stats.record_error_only();
+        if let Some(t) = &self.tenant_stats {
+            t.record_error_only();
+        }
         error
     }
 
