@@ -57,6 +57,7 @@ struct RawServer {
     listen: Option<String>,
     max_body_bytes: Option<usize>,
     operator_token_env: Option<String>,
+    operator_token_sha256: Option<String>,
     alert_poll_ms: Option<u64>,
     max_plugin_bytes: Option<usize>,
 }
@@ -435,6 +436,19 @@ impl Validator<'_> {
         Ok(value)
     }
 
+    /// A sha256 written as 64 hex digits.
+    fn sha256(&self, key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
+        hex::decode(text)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                self.err(
+                    key,
+                    "must be a sha256 as 64 hex digits (printf '%s' TOKEN | sha256sum)",
+                )
+            })
+    }
+
     /// The operator token's hash, from the environment.
     fn operator_token(&self, env: Option<&str>) -> Result<Option<[u8; 32]>, ConfigError> {
         let (name, required) = match env {
@@ -473,7 +487,16 @@ impl Validator<'_> {
                 )
             })?,
             max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
-            operator_token_sha256: self.operator_token(raw.server.operator_token_env.as_deref())?,
+            operator_token_sha256: match raw.server.operator_token_sha256.as_deref() {
+                Some(_) if raw.server.operator_token_env.is_some() => {
+                    return Err(self.err(
+                        "server.operator_token_sha256",
+                        "set either operator_token_sha256 or operator_token_env, not both",
+                    ));
+                }
+                Some(hex_hash) => Some(self.sha256("server.operator_token_sha256", hex_hash)?),
+                None => self.operator_token(raw.server.operator_token_env.as_deref())?,
+            },
             alert_poll: Duration::from_millis(raw.server.alert_poll_ms.unwrap_or(1000).max(10)),
             max_plugin_bytes: raw.server.max_plugin_bytes.unwrap_or(16 << 20),
         };

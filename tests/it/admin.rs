@@ -857,3 +857,153 @@ async fn plugin_publish_uploads_and_binds_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agency_default_binding_serves_clients_without_their_own() {
+    let gw = gateway::start(vec![]).await;
+    let t = tenant(&gw, "defaults").await;
+    // A second client with no binding of its own, and no agency default yet.
+    let (st, c2) = call(
+        &gw,
+        Method::POST,
+        "/admin/v1/clients",
+        &t.token,
+        Some(json!({"name": "second", "rate_limit_per_minute": 1000})),
+    )
+    .await;
+    assert_eq!(st, 201, "{c2}");
+    let c2 = c2["id"].as_str().unwrap().to_owned();
+    let (_, app) = call(
+        &gw,
+        Method::POST,
+        &format!("/admin/v1/clients/{c2}/apps"),
+        &t.token,
+        Some(json!({"name": "app"})),
+    )
+    .await;
+    let (_, key) = call(
+        &gw,
+        Method::POST,
+        &format!("/admin/v1/apps/{}/keys", app["id"].as_str().unwrap()),
+        &t.token,
+        Some(json!({"label": "second"})),
+    )
+    .await;
+    let key = key["secret"].as_str().unwrap().to_owned();
+    let r = chat_with(&gw, &key, "anyone there?").await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "no_plugin_bound");
+
+    // The agency default takes over for it, not for the client bound on its own.
+    let (_, leads) = upload(
+        &gw,
+        &t.token,
+        "lead-qualifier",
+        &format!("sample_config={}", urlencode(LEADS)),
+    )
+    .await;
+    let leads = leads["sha256"].as_str().unwrap().to_owned();
+    let (st, d) = call(
+        &gw,
+        Method::PUT,
+        "/admin/v1/agencies/defaults/binding",
+        &t.token,
+        Some(json!({"plugin_sha256": leads, "config": LEADS, "failure_policy": "fail-open"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(chat_with(&gw, &key, "lead: Hooli").await.status(), 200);
+    assert_eq!(
+        records_of(&gw, &c2)
+            .last()
+            .unwrap()
+            .record
+            .plugin
+            .content_hash,
+        leads
+    );
+    assert_eq!(chat_with(&gw, &t.key, "order?").await.status(), 200);
+    assert_eq!(
+        records_of(&gw, &t.client)
+            .last()
+            .unwrap()
+            .record
+            .plugin
+            .content_hash,
+        t.plugin
+    );
+    let (_, view) = call(
+        &gw,
+        Method::GET,
+        &format!("/admin/v1/clients/{c2}"),
+        &t.token,
+        None,
+    )
+    .await;
+    assert!(view["binding"].is_null());
+    assert_eq!(view["effective_binding"]["plugin_sha256"], leads.as_str());
+    assert_eq!(view["rate_limit_per_minute"], 1000);
+
+    // Removing the first client's own binding hands it to the default too.
+    let (st, _) = call(
+        &gw,
+        Method::DELETE,
+        &format!("/admin/v1/clients/{}/binding", t.client),
+        &t.token,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        chat_with(&gw, &t.key, "lead: Pied Piper").await.status(),
+        200
+    );
+    assert_eq!(
+        records_of(&gw, &t.client)
+            .last()
+            .unwrap()
+            .record
+            .plugin
+            .content_hash,
+        leads
+    );
+
+    // Restricting a client's models through the API takes effect at once.
+    let (st, patched) = call(
+        &gw,
+        Method::PATCH,
+        &format!("/admin/v1/clients/{c2}"),
+        &t.token,
+        Some(json!({"models": ["pro-ok"]})),
+    )
+    .await;
+    assert_eq!(st, 200, "{patched}");
+    assert_eq!(chat_with(&gw, &key, "mini please").await.status(), 404);
+    let (st, e) = call(
+        &gw,
+        Method::PATCH,
+        &format!("/admin/v1/clients/{c2}"),
+        &t.token,
+        Some(json!({"models": ["no-such-model"]})),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_eq!(e["error"]["param"], "models");
+
+    // A cap, then its removal.
+    let base = format!("/admin/v1/clients/{c2}/plan");
+    let (_, plan) = call(
+        &gw,
+        Method::PUT,
+        &base,
+        &t.token,
+        Some(json!({"monthly_cap": "0.000001"})),
+    )
+    .await;
+    assert_eq!(plan["monthly_cap"], "0.000001");
+    let (st, plan) = call(&gw, Method::DELETE, &format!("{base}/cap"), &t.token, None).await;
+    assert_eq!(st, 200);
+    assert!(plan["monthly_cap"].is_null());
+    gw.stop().await;
+}
