@@ -55,6 +55,21 @@ pub struct BindingSlot {
     pub history: Vec<BindingDoc>,
 }
 
+impl BindingSlot {
+    /// The revision the next binding made here gets.
+    pub fn next_revision(&self) -> u64 {
+        self.history.last().map_or(1, |b| b.revision + 1)
+    }
+
+    /// Puts `binding` in force (and in the history); returns what was.
+    pub fn replace(&mut self, binding: Option<BindingDoc>) -> Option<BindingDoc> {
+        if let Some(b) = &binding {
+            self.history.push(b.clone());
+        }
+        std::mem::replace(&mut self.current, binding)
+    }
+}
+
 /// A stored agency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgencyDoc {

@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::model::{kind, *};
-use super::service::{Admin, AdminError};
+use super::service::{Admin, AdminError, Principal, to_value};
 use crate::config::{Config, ConfigError};
 use crate::plugin::ContentHash;
 
@@ -54,11 +54,11 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             "webhook_secret": webhook.map(|w| hex::encode(&w.secret)),
         });
         let seed = seed_of(&declared);
-        let existing = admin.read::<AgencyDoc>(kind::AGENCY, id)?;
+        let existing = admin.get::<AgencyDoc>(kind::AGENCY, id)?;
         let (rev, mut doc, before) = match existing {
             Some((_, doc)) if doc.seed.as_deref() == Some(seed.as_str()) => continue,
             Some((rev, doc)) => {
-                let before = Admin::view(&doc.name)?;
+                let before = to_value(&doc.name)?;
                 (rev, doc, Some(before))
             }
             None => (
@@ -80,8 +80,9 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
         doc.webhook_url = webhook.map(|w| w.url.clone());
         doc.webhook_secret = webhook.map(|w| String::from_utf8_lossy(&w.secret).into_owned());
         doc.seed = Some(seed);
-        admin.apply_config_change(
-            id,
+        admin.record(
+            &Principal::Config,
+            Some(id),
             if rev == 0 {
                 "agency.create"
             } else {
@@ -90,7 +91,7 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             (kind::AGENCY, id),
             before,
             Some(declared),
-            vec![Admin::document(kind::AGENCY, id, &doc, rev)?],
+            vec![Admin::put(kind::AGENCY, id, &doc, rev)?],
         )?;
     }
 
@@ -129,7 +130,7 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             .map_err(AdminError::from)?;
         admin.remember_plugin(&sha, plugin.clone());
         let plugin_id = format!("{}/{sha}", client.agency);
-        if admin.read::<PluginDoc>(kind::PLUGIN, &plugin_id)?.is_none() {
+        if admin.get::<PluginDoc>(kind::PLUGIN, &plugin_id)?.is_none() {
             let info = plugin.info();
             let doc = PluginDoc {
                 agency_id: client.agency.clone(),
@@ -148,13 +149,14 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
                 description: info.description.clone(),
                 smoke: None,
             };
-            admin.apply_config_change(
-                &client.agency,
+            admin.record(
+                &Principal::Config,
+                Some(&client.agency),
                 "plugin.upload",
                 (kind::PLUGIN, &sha),
                 None,
-                Some(Admin::view(&doc)?),
-                vec![Admin::document(kind::PLUGIN, &plugin_id, &doc, 0)?],
+                Some(to_value(&doc)?),
+                vec![Admin::put(kind::PLUGIN, &plugin_id, &doc, 0)?],
             )?;
         }
         let declared = json!({
@@ -172,7 +174,7 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             })),
         });
         let seed = seed_of(&declared);
-        let existing = admin.read::<ClientDoc>(kind::CLIENT, &client.id)?;
+        let existing = admin.get::<ClientDoc>(kind::CLIENT, &client.id)?;
         let (rev, mut doc) = match existing {
             Some((_, doc)) if doc.seed.as_deref() == Some(seed.as_str()) => continue,
             Some((rev, doc)) => (rev, doc),
@@ -191,7 +193,7 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
                 },
             ),
         };
-        let before = (rev > 0).then(|| Admin::view(&doc)).transpose()?;
+        let before = (rev > 0).then(|| to_value(&doc)).transpose()?;
         doc.agency_id = client.agency.clone();
         doc.models = client.models.clone();
         doc.rate_limit_per_minute = client.rate_limit_per_minute;
@@ -204,15 +206,14 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
         });
         if !same_binding {
             let binding = BindingDoc {
-                revision: doc.binding.history.last().map_or(1, |b| b.revision + 1),
+                revision: doc.binding.next_revision(),
                 plugin_sha256: sha.clone(),
                 config: client.plugin_config.clone(),
                 failure_policy: client.failure_policy,
                 bound_at: Utc::now(),
                 bound_by: "config".into(),
             };
-            doc.binding.history.push(binding.clone());
-            doc.binding.current = Some(binding);
+            doc.binding.replace(Some(binding));
         }
         let mut plan = admin.ledger().plan(&client.id).map_err(AdminError::from)?;
         let plan_before = plan.clone();
@@ -230,8 +231,9 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
         if plan != plan_before {
             admin.ledger().set_plan(plan).map_err(AdminError::from)?;
         }
-        admin.apply_config_change(
-            &client.agency,
+        admin.record(
+            &Principal::Config,
+            Some(&client.agency),
             if rev == 0 {
                 "client.create"
             } else {
@@ -240,7 +242,7 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             (kind::CLIENT, &client.id),
             before,
             Some(declared),
-            vec![Admin::document(kind::CLIENT, &client.id, &doc, rev)?],
+            vec![Admin::put(kind::CLIENT, &client.id, &doc, rev)?],
         )?;
     }
 
@@ -255,7 +257,7 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             .find(|c| c.id == k.client)
             .map(|c| c.agency.clone())
             .unwrap_or_default();
-        if admin.read::<AppDoc>(kind::APP, &k.app)?.is_none() {
+        if admin.get::<AppDoc>(kind::APP, &k.app)?.is_none() {
             let app = AppDoc {
                 id: k.app.clone(),
                 client_id: k.client.clone(),
@@ -263,16 +265,17 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
                 name: k.app.clone(),
                 created_at: Utc::now(),
             };
-            admin.apply_config_change(
-                &agency,
+            admin.record(
+                &Principal::Config,
+                Some(&agency),
                 "app.create",
                 (kind::APP, &k.app),
                 None,
-                Some(Admin::view(&app)?),
-                vec![Admin::document(kind::APP, &k.app, &app, 0)?],
+                Some(to_value(&app)?),
+                vec![Admin::put(kind::APP, &k.app, &app, 0)?],
             )?;
         }
-        if admin.read::<AppKeyDoc>(kind::APP_KEY, &id)?.is_some() {
+        if admin.get::<AppKeyDoc>(kind::APP_KEY, &id)?.is_some() {
             continue;
         }
         let doc = AppKeyDoc {
@@ -288,29 +291,31 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             revoked_at: None,
             from_config: true,
         };
-        admin.apply_config_change(
-            &agency,
+        admin.record(
+            &Principal::Config,
+            Some(&agency),
             "key.create",
             (kind::APP_KEY, &id),
             None,
             Some(json!({"id": id, "app_id": k.app, "client_id": k.client})),
-            vec![Admin::document(kind::APP_KEY, &id, &doc, 0)?],
+            vec![Admin::put(kind::APP_KEY, &id, &doc, 0)?],
         )?;
     }
-    for key in admin.read_all::<AppKeyDoc>(kind::APP_KEY)? {
+    for key in admin.list::<AppKeyDoc>(kind::APP_KEY)? {
         if key.from_config && key.revoked_at.is_none() && !declared_keys.contains(&key.id) {
-            let (rev, mut doc) = match admin.read::<AppKeyDoc>(kind::APP_KEY, &key.id)? {
+            let (rev, mut doc) = match admin.get::<AppKeyDoc>(kind::APP_KEY, &key.id)? {
                 Some(found) => found,
                 None => continue,
             };
             doc.revoked_at = Some(Utc::now());
-            admin.apply_config_change(
-                &key.agency_id,
+            admin.record(
+                &Principal::Config,
+                Some(&key.agency_id),
                 "key.revoke",
                 (kind::APP_KEY, &key.id),
                 None,
                 Some(json!({"id": key.id, "reason": "no longer declared in the config file"})),
-                vec![Admin::document(kind::APP_KEY, &key.id, &doc, rev)?],
+                vec![Admin::put(kind::APP_KEY, &key.id, &doc, rev)?],
             )?;
         }
     }

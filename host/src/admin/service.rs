@@ -162,7 +162,7 @@ fn hint(secret: &str) -> String {
     format!("{shown}…")
 }
 
-fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, AdminError> {
+pub(crate) fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, AdminError> {
     serde_json::to_value(v).map_err(|e| AdminError::Store(format!("encode: {e}")))
 }
 
@@ -366,7 +366,7 @@ impl Admin {
 
     // ----- reading documents, with tenant checks -------------------------
 
-    fn get<T: DeserializeOwned>(
+    pub(crate) fn get<T: DeserializeOwned>(
         &self,
         kind: &'static str,
         id: &str,
@@ -377,7 +377,10 @@ impl Admin {
         }
     }
 
-    fn list<T: DeserializeOwned>(&self, kind: &'static str) -> Result<Vec<T>, AdminError> {
+    pub(crate) fn list<T: DeserializeOwned>(
+        &self,
+        kind: &'static str,
+    ) -> Result<Vec<T>, AdminError> {
         self.store.list(kind)?.iter().map(from_doc).collect()
     }
 
@@ -429,10 +432,10 @@ impl Admin {
 
     // ----- writing ---------------------------------------------------------
 
-    /// Applies `writes` with one audit entry, then refreshes the directory.
-    /// Callers hold the write lock.
+    /// Applies `writes` atomically with one audit entry naming `p`. Callers
+    /// hold the write lock (or, at start, are the only writer).
     #[allow(clippy::too_many_arguments)]
-    async fn commit(
+    pub(crate) fn record(
         &self,
         p: &Principal,
         agency: Option<&str>,
@@ -456,10 +459,26 @@ impl Admin {
                 after,
             }),
         })?;
+        Ok(())
+    }
+
+    /// [`Admin::record`], then the data path's directory is rebuilt.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        p: &Principal,
+        agency: Option<&str>,
+        action: &str,
+        object: (&str, &str),
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+        writes: Vec<DocumentWrite>,
+    ) -> Result<(), AdminError> {
+        self.record(p, agency, action, object, before, after, writes)?;
         self.refresh().await
     }
 
-    fn put<T: Serialize>(
+    pub(crate) fn put<T: Serialize>(
         kind: &str,
         id: &str,
         body: &T,
@@ -1498,10 +1517,6 @@ impl Admin {
         }
     }
 
-    fn next_revision(slot: &BindingSlot) -> u64 {
-        slot.history.last().map_or(1, |b| b.revision + 1)
-    }
-
     /// Binds a plugin version and configuration to a client.
     pub async fn bind_client(
         &self,
@@ -1512,12 +1527,7 @@ impl Admin {
         let _guard = self.write.lock().await;
         let (rev, mut doc) = self.client(p, client)?;
         let binding = self
-            .make_binding(
-                p,
-                &doc.agency_id.clone(),
-                body,
-                Self::next_revision(&doc.binding),
-            )
+            .make_binding(p, &doc.agency_id.clone(), body, doc.binding.next_revision())
             .await?;
         self.set_client_slot(p, rev, &mut doc, Some(binding), "binding.set")
             .await
@@ -1531,22 +1541,46 @@ impl Admin {
         binding: Option<BindingDoc>,
         action: &str,
     ) -> Result<BindingsView, AdminError> {
-        let before = doc.binding.current.clone();
-        if let Some(b) = &binding {
-            doc.binding.history.push(b.clone());
-        }
-        doc.binding.current = binding;
+        let before = doc.binding.replace(binding);
+        let object = (kind::CLIENT, doc.id.as_str());
+        self.save_slot(
+            p,
+            action,
+            &doc.agency_id,
+            object,
+            rev,
+            &*doc,
+            &doc.binding,
+            before,
+        )
+        .await
+    }
+
+    /// Stores a document whose binding slot changed, audited as the slot's
+    /// before and after.
+    #[allow(clippy::too_many_arguments)]
+    async fn save_slot<D: Serialize>(
+        &self,
+        p: &Principal,
+        action: &str,
+        agency: &str,
+        object: (&str, &str),
+        rev: u64,
+        doc: &D,
+        slot: &BindingSlot,
+        before: Option<BindingDoc>,
+    ) -> Result<BindingsView, AdminError> {
         self.commit(
             p,
-            Some(&doc.agency_id),
+            Some(agency),
             action,
-            (kind::CLIENT, &doc.id),
+            object,
             Some(to_value(&before)?),
-            Some(to_value(&doc.binding.current)?),
-            vec![Self::put(kind::CLIENT, &doc.id, &*doc, rev)?],
+            Some(to_value(&slot.current)?),
+            vec![Self::put(object.0, object.1, doc, rev)?],
         )
         .await?;
-        Ok(Self::slot_view(&doc.binding))
+        Ok(Self::slot_view(slot))
     }
 
     /// A client's binding and its history.
@@ -1566,9 +1600,12 @@ impl Admin {
             .await
     }
 
-    fn rollback_target(
+    /// A new binding that repeats revision `revision` of `slot` (by
+    /// default the one before the binding in force).
+    fn rollback_binding(
         slot: &BindingSlot,
         revision: Option<u64>,
+        p: &Principal,
     ) -> Result<BindingDoc, AdminError> {
         let target = match revision {
             Some(r) => slot.history.iter().find(|b| b.revision == r),
@@ -1580,9 +1617,15 @@ impl Admin {
                     .find(|b| Some(b.revision) < current || current.is_none())
             }
         };
-        target.cloned().ok_or_else(|| match revision {
+        let target = target.cloned().ok_or_else(|| match revision {
             Some(r) => invalid("revision", format!("no binding revision {r} here")),
             None => AdminError::Conflict("there is no earlier binding to roll back to".into()),
+        })?;
+        Ok(BindingDoc {
+            revision: slot.next_revision(),
+            bound_at: Utc::now(),
+            bound_by: p.actor(),
+            ..target
         })
     }
 
@@ -1595,13 +1638,7 @@ impl Admin {
     ) -> Result<BindingsView, AdminError> {
         let _guard = self.write.lock().await;
         let (rev, mut doc) = self.client(p, client)?;
-        let target = Self::rollback_target(&doc.binding, body.revision)?;
-        let binding = BindingDoc {
-            revision: Self::next_revision(&doc.binding),
-            bound_at: Utc::now(),
-            bound_by: p.actor(),
-            ..target
-        };
+        let binding = Self::rollback_binding(&doc.binding, body.revision, p)?;
         self.set_client_slot(p, rev, &mut doc, Some(binding), "binding.rollback")
             .await
     }
@@ -1616,7 +1653,7 @@ impl Admin {
         let _guard = self.write.lock().await;
         let (rev, mut doc) = self.agency(p, agency)?;
         let binding = self
-            .make_binding(p, agency, body, Self::next_revision(&doc.binding))
+            .make_binding(p, agency, body, doc.binding.next_revision())
             .await?;
         self.set_agency_slot(p, rev, &mut doc, Some(binding), "default_binding.set")
             .await
@@ -1630,22 +1667,10 @@ impl Admin {
         binding: Option<BindingDoc>,
         action: &str,
     ) -> Result<BindingsView, AdminError> {
-        let before = doc.binding.current.clone();
-        if let Some(b) = &binding {
-            doc.binding.history.push(b.clone());
-        }
-        doc.binding.current = binding;
-        self.commit(
-            p,
-            Some(&doc.id),
-            action,
-            (kind::AGENCY, &doc.id),
-            Some(to_value(&before)?),
-            Some(to_value(&doc.binding.current)?),
-            vec![Self::put(kind::AGENCY, &doc.id, &*doc, rev)?],
-        )
-        .await?;
-        Ok(Self::slot_view(&doc.binding))
+        let before = doc.binding.replace(binding);
+        let object = (kind::AGENCY, doc.id.as_str());
+        self.save_slot(p, action, &doc.id, object, rev, &*doc, &doc.binding, before)
+            .await
     }
 
     /// The agency default binding and its history.
@@ -1662,44 +1687,12 @@ impl Admin {
     ) -> Result<BindingsView, AdminError> {
         let _guard = self.write.lock().await;
         let (rev, mut doc) = self.agency(p, agency)?;
-        let target = Self::rollback_target(&doc.binding, body.revision)?;
-        let binding = BindingDoc {
-            revision: Self::next_revision(&doc.binding),
-            bound_at: Utc::now(),
-            bound_by: p.actor(),
-            ..target
-        };
+        let binding = Self::rollback_binding(&doc.binding, body.revision, p)?;
         self.set_agency_slot(p, rev, &mut doc, Some(binding), "default_binding.rollback")
             .await
     }
 
     // ----- plans and credits ---------------------------------------------------
-
-    fn audit_only(
-        &self,
-        p: &Principal,
-        agency: &str,
-        action: &str,
-        object: (&str, &str),
-        before: Option<serde_json::Value>,
-        after: Option<serde_json::Value>,
-    ) -> Result<(), AdminError> {
-        self.store.apply(ControlChange {
-            writes: vec![],
-            audit: Some(AuditEntry {
-                seq: 0,
-                at: Utc::now(),
-                actor: p.actor(),
-                agency_id: Some(agency.to_owned()),
-                action: action.into(),
-                object_kind: object.0.into(),
-                object_id: object.1.into(),
-                before,
-                after,
-            }),
-        })?;
-        Ok(())
-    }
 
     /// A client's plan: billing, cap, alert thresholds, included usage.
     pub fn get_plan(
@@ -1762,13 +1755,14 @@ impl Admin {
             plan.included_per_period = inc;
         }
         self.ledger.set_plan(plan.clone())?;
-        self.audit_only(
+        self.record(
             p,
-            &c.agency_id,
+            Some(&c.agency_id),
             "plan.set",
             ("plan", client),
             Some(to_value(&before)?),
             Some(to_value(&plan)?),
+            vec![],
         )?;
         Ok(plan)
     }
@@ -1785,13 +1779,14 @@ impl Admin {
         let mut plan = before.clone();
         plan.monthly_cap = None;
         self.ledger.set_plan(plan.clone())?;
-        self.audit_only(
+        self.record(
             p,
-            &c.agency_id,
+            Some(&c.agency_id),
             "plan.clear_cap",
             ("plan", client),
             Some(to_value(&before)?),
             Some(to_value(&plan)?),
+            vec![],
         )?;
         Ok(plan)
     }
@@ -1825,13 +1820,14 @@ impl Admin {
             tollgate_ledger::TopUpOutcome::Duplicate(b) => (b, false),
         };
         if applied {
-            self.audit_only(
+            self.record(
                 p,
-                &c.agency_id,
+                Some(&c.agency_id),
                 "credit.top_up",
                 ("client", client),
                 None,
                 Some(to_value(&bucket)?),
+                vec![],
             )?;
         }
         Ok((bucket, applied))
@@ -1964,59 +1960,5 @@ impl Admin {
 
     pub(crate) fn remember_plugin(&self, sha: &str, plugin: Arc<CompiledPlugin>) {
         self.lock_plugins().insert(sha.to_owned(), plugin);
-    }
-
-    pub(crate) fn read<T: DeserializeOwned>(
-        &self,
-        kind: &'static str,
-        id: &str,
-    ) -> Result<Option<(u64, T)>, AdminError> {
-        self.get(kind, id)
-    }
-
-    pub(crate) fn read_all<T: DeserializeOwned>(
-        &self,
-        kind: &'static str,
-    ) -> Result<Vec<T>, AdminError> {
-        self.list(kind)
-    }
-
-    pub(crate) fn apply_config_change(
-        &self,
-        agency: &str,
-        action: &str,
-        object: (&str, &str),
-        before: Option<serde_json::Value>,
-        after: Option<serde_json::Value>,
-        writes: Vec<DocumentWrite>,
-    ) -> Result<(), AdminError> {
-        self.store.apply(ControlChange {
-            writes,
-            audit: Some(AuditEntry {
-                seq: 0,
-                at: Utc::now(),
-                actor: Principal::Config.actor(),
-                agency_id: Some(agency.to_owned()),
-                action: action.into(),
-                object_kind: object.0.into(),
-                object_id: object.1.into(),
-                before,
-                after,
-            }),
-        })?;
-        Ok(())
-    }
-
-    pub(crate) fn document<T: Serialize>(
-        kind: &str,
-        id: &str,
-        body: &T,
-        expect_revision: u64,
-    ) -> Result<DocumentWrite, AdminError> {
-        Self::put(kind, id, body, expect_revision)
-    }
-
-    pub(crate) fn view<T: Serialize>(v: &T) -> Result<serde_json::Value, AdminError> {
-        to_value(v)
     }
 }
