@@ -75,6 +75,45 @@ async fn one_instance(plugin: &CompiledPlugin, runtime: &PluginRuntime) {
     std::hint::black_box(q);
 }
 
+/// The one-instance path with each phase timed on its own: instantiate,
+/// route, meter, price, and dropping the instance (returning its slot).
+async fn one_instance_phases(
+    plugin: &CompiledPlugin,
+    runtime: &PluginRuntime,
+    phases: &mut [Vec<Duration>; PHASES.len()],
+) {
+    let (req, offers, usage) = (request(), tollgate::demo_catalog::offers(), usage());
+    let t0 = Instant::now();
+    let mut s = plugin.session(&req.request_id).await.unwrap();
+    let t1 = Instant::now();
+    let d = s.route(CONFIG, &req, &offers).await.unwrap().unwrap();
+    let t2 = Instant::now();
+    let units = s.meter(CONFIG, &req, &usage).await.unwrap();
+    let t3 = Instant::now();
+    let q = s
+        .price(CONFIG, &req, &usage, &units, runtime.surcharge_bound(&d))
+        .await
+        .unwrap();
+    let t4 = Instant::now();
+    drop(s);
+    let t5 = Instant::now();
+    std::hint::black_box(q);
+    for (i, (a, b)) in [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)]
+        .into_iter()
+        .enumerate()
+    {
+        phases[i].push(b - a);
+    }
+}
+
+const PHASES: [&str; 5] = [
+    "instantiate",
+    "route (first call)",
+    "meter",
+    "price",
+    "drop (slot reset)",
+];
+
 async fn two_instances(plugin: &CompiledPlugin, runtime: &PluginRuntime) {
     let (req, offers, usage) = (request(), tollgate::demo_catalog::offers(), usage());
     let mut s = plugin.session(&req.request_id).await.unwrap();
@@ -153,7 +192,11 @@ fn main() {
         native();
         rt.block_on(one_instance(&plugin, &runtime));
     }
+    let mut phases: [Vec<Duration>; PHASES.len()] = Default::default();
     for _ in 0..ROUNDS {
+        for _ in 0..PER_ROUND {
+            rt.block_on(one_instance_phases(&plugin, &runtime, &mut phases));
+        }
         for (i, samples) in samples.iter_mut().enumerate() {
             for _ in 0..PER_ROUND {
                 let started = Instant::now();
@@ -195,4 +238,20 @@ fn main() {
             medians[i].as_secs_f64() / medians[0].as_secs_f64(),
         );
     }
+    println!();
+    println!(
+        "phases of the one-instance path, timed separately (medians of {} samples)",
+        ROUNDS * PER_ROUND
+    );
+    let mut total = 0.0;
+    for (name, s) in PHASES.iter().zip(phases.iter_mut()) {
+        s.sort();
+        let median = percentile(s, 0.5).as_secs_f64() * 1e6;
+        total += median;
+        println!(
+            "{name:<38} {median:>8.1}µs {:>8.1}µs (p99)",
+            percentile(s, 0.99).as_secs_f64() * 1e6
+        );
+    }
+    println!("{:<38} {total:>8.1}µs", "sum of the phase medians");
 }

@@ -50,8 +50,60 @@ pub fn parse(text: &str) -> Result<Decimal, DecimalError> {
 }
 
 /// Formats a `Decimal` as wire text. Never uses an exponent.
+///
+/// The same text as `Decimal`'s `Display` (sign, digits, the scale's trailing
+/// zeros kept), built directly from the mantissa: the host formats every
+/// amount of every request summary and offer it hands a plugin, and
+/// `Display` goes through the formatting machinery.
 pub fn format(value: &Decimal) -> String {
-    value.to_string()
+    // A 96-bit mantissa has at most 29 digits.
+    let mut digits = [0u8; 40];
+    let mut start = digits.len();
+    let magnitude = value.mantissa().unsigned_abs();
+    // u128 division is a library call; most amounts fit in a u64.
+    match u64::try_from(magnitude) {
+        Ok(mut n) => loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        },
+        Err(_) => {
+            let mut n = magnitude;
+            loop {
+                start -= 1;
+                digits[start] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    let digits = &digits[start..];
+    let scale = value.scale() as usize;
+    let mut out = String::with_capacity(digits.len() + scale + 3);
+    if value.is_sign_negative() {
+        out.push('-');
+    }
+    let push_digits = |out: &mut String, d: &[u8]| {
+        out.extend(d.iter().map(|&b| char::from(b)));
+    };
+    if scale == 0 {
+        push_digits(&mut out, digits);
+    } else if digits.len() <= scale {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', scale - digits.len()));
+        push_digits(&mut out, digits);
+    } else {
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        push_digits(&mut out, int);
+        out.push('.');
+        push_digits(&mut out, frac);
+    }
+    out
 }
 
 /// Parses a decimal the way clients and configs write it: wire grammar, plus a
@@ -141,6 +193,35 @@ pub mod exact_map {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn format_matches_display(lo: u32, mid: u32, hi: u32, negative: bool, scale in 0u32..=28) {
+            let d = Decimal::from_parts(lo, mid, hi, negative, scale);
+            prop_assert_eq!(format(&d), d.to_string());
+        }
+
+        #[test]
+        fn format_matches_display_for_small_amounts(m in -10_000_000i64..10_000_000, scale in 0u32..=12) {
+            let d = Decimal::new(m, scale);
+            prop_assert_eq!(format(&d), d.to_string());
+        }
+    }
+
+    #[test]
+    fn format_keeps_sign_and_scale_at_the_edges() {
+        for d in [
+            Decimal::ZERO,
+            Decimal::from_parts(0, 0, 0, true, 3),
+            Decimal::MAX,
+            Decimal::MIN,
+            Decimal::new(5, 28),
+            Decimal::new(-1250, 2),
+            Decimal::new(u64::MAX as i64, 0),
+        ] {
+            assert_eq!(format(&d), d.to_string(), "{d:?}");
+        }
+    }
 
     #[test]
     fn accepts_plain_decimals() {

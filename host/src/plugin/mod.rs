@@ -322,16 +322,27 @@ impl PluginRuntime {
 /// `madvise` round and one TLB shootdown instead of one per instance.
 const DECOMMIT_BATCH: usize = 32;
 
-/// Bytes of each linear memory and table reset with `memset` instead of
-/// `madvise` when a slot is reused, so the next instance takes no page
-/// faults on the pages plugins touch first.
-const KEEP_RESIDENT: usize = 64 << 10;
+/// Bytes of each linear memory reset in place (copied back from the image or
+/// zeroed) instead of decommitted when a slot is reused, so the next
+/// instance takes no page faults on them. On Linux 6.7 and later wasmtime
+/// finds the resident pages with `PAGEMAP_SCAN` and this caps how many it
+/// keeps; older kernels `memset` the whole prefix. A Rust plugin's working
+/// set per request (the top of its shadow stack, the written data pages,
+/// the first heap pages) is 20-30 pages: at 64 KiB the pages past the
+/// sixteenth were decommitted and faulted in again on every request (six
+/// faults per instance, a third of the plugin path on a VM), at 256 KiB
+/// none are (`cargo bench -p tollgate --bench plugin_path`, BENCHMARKS.md).
+const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
+
+/// The same for tables; a plugin's function table is a few KiB, so this
+/// covers it whole.
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
 fn engine(limits: &RuntimeLimits) -> wasmtime::Result<Engine> {
     let mut pool = wasmtime::PoolingAllocationConfig::default();
     pool.decommit_batch_size(DECOMMIT_BATCH)
-        .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT)
+        .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+        .table_keep_resident(TABLE_KEEP_RESIDENT)
         .total_component_instances(limits.max_instances)
         .total_core_instances(limits.max_instances.saturating_mul(4))
         .total_memories(limits.max_instances.saturating_mul(2))
