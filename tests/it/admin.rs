@@ -1007,3 +1007,87 @@ async fn the_agency_default_binding_serves_clients_without_their_own() {
     assert!(plan["monthly_cap"].is_null());
     gw.stop().await;
 }
+
+/// `bytes` with a custom section appended: the same plugin under another
+/// sha256, i.e. another version.
+fn variant(mut bytes: Vec<u8>, tag: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = format!("tollgate-test-{tag}");
+    let mut section = Vec::new();
+    leb128(name.len(), &mut section);
+    section.extend_from_slice(name.as_bytes());
+    bytes.push(0); // custom section
+    leb128(section.len(), &mut bytes);
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbound_plugin_versions_are_unloaded_and_compiled_again_when_bound() {
+    let gw = gateway::start(vec![]).await;
+    let t = tenant(&gw, "globex").await;
+    let admin = &gw.state.admin;
+    assert_eq!(admin.loaded_plugin_versions(), 1, "the bound version");
+
+    let mut shas = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let resp = gw
+            .admin(
+                Method::POST,
+                &format!(
+                    "/admin/v1/plugins?label={tag}&sample_config={}",
+                    urlencode(SUPPORT)
+                ),
+                &t.token,
+            )
+            .header("content-type", "application/wasm")
+            .body(variant(crate::support::plugin_bytes("support-desk"), tag))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(status, 201, "upload {tag}: {v}");
+        let sha = v["sha256"].as_str().unwrap().to_owned();
+        assert_ne!(sha, t.plugin);
+        shas.push(sha);
+    }
+    // Three unbound uploads: only the two used last stay compiled.
+    assert_eq!(admin.loaded_plugin_versions(), 1 + 2);
+
+    // The evicted one binds (compiled again) and serves requests.
+    let (st, body) = bind(&gw, &t, &shas[0], SUPPORT).await;
+    assert_eq!(st, 200, "{body}");
+    let r = chat_with(&gw, &t.key, "Where is my order?").await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let recs = records_of(&gw, &t.client);
+    assert_eq!(recs.last().unwrap().record.plugin.content_hash, shas[0]);
+    // Bound: `a`; unbound and used last: the version `a` replaced and `c`.
+    assert_eq!(admin.loaded_plugin_versions(), 1 + 2);
+
+    // Rolling back to the version before works as before.
+    let (st, body) = call(
+        &gw,
+        Method::POST,
+        &format!("/admin/v1/clients/{}/binding/rollback", t.client),
+        &t.token,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let r = chat_with(&gw, &t.key, "Where is my order?").await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let recs = records_of(&gw, &t.client);
+    assert_eq!(recs.last().unwrap().record.plugin.content_hash, t.plugin);
+    gw.stop().await;
+}

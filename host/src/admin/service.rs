@@ -277,12 +277,57 @@ pub struct Admin {
     directory: Arc<ArcSwap<Directory>>,
     webhooks: Arc<ArcSwap<HashMap<String, Webhook>>>,
     tokens: ArcSwap<HashMap<[u8; 32], TokenDoc>>,
-    plugins: Mutex<HashMap<String, Arc<CompiledPlugin>>>,
+    plugins: Mutex<PluginCache>,
     limiters: Mutex<HashMap<String, Arc<RateLimit>>>,
     /// Per (agency, version) call figures: agencies that upload the same
     /// bytes share the compiled component, never each other's numbers.
     version_stats: Mutex<HashMap<(String, String), Arc<PluginStats>>>,
     write: tokio::sync::Mutex<()>,
+}
+
+/// Compiled plugin versions by sha256: every bound version, plus the few
+/// unbound ones used most recently (just uploaded, just rolled away from), so
+/// a bind right after an upload or a quick rollback does not recompile. Older
+/// unbound versions are dropped at the next directory rebuild and compiled
+/// again if they are ever bound: compiled code is megabytes per version and
+/// uploads never stop.
+#[derive(Default)]
+struct PluginCache {
+    entries: HashMap<String, (Arc<CompiledPlugin>, u64)>,
+    tick: u64,
+}
+
+/// Unbound versions kept compiled.
+const UNBOUND_PLUGINS_KEPT: usize = 2;
+
+impl PluginCache {
+    fn get(&mut self, sha: &str) -> Option<Arc<CompiledPlugin>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(sha).map(|(plugin, used)| {
+            *used = tick;
+            plugin.clone()
+        })
+    }
+
+    fn insert(&mut self, sha: &str, plugin: Arc<CompiledPlugin>) {
+        self.tick += 1;
+        self.entries.insert(sha.to_owned(), (plugin, self.tick));
+    }
+
+    /// Keeps `bound` and the most recently used of the rest.
+    fn prune(&mut self, bound: &HashSet<&str>) {
+        let mut unbound: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .filter(|(sha, _)| !bound.contains(sha.as_str()))
+            .map(|(sha, (_, used))| (*used, sha.clone()))
+            .collect();
+        unbound.sort_unstable_by_key(|(used, _)| std::cmp::Reverse(*used));
+        for (_, sha) in unbound.into_iter().skip(UNBOUND_PLUGINS_KEPT) {
+            self.entries.remove(&sha);
+        }
+    }
 }
 
 /// Default and maximum page size of listings.
@@ -497,7 +542,7 @@ impl Admin {
     /// The compiled plugin `sha`, loading it from the store if needed.
     async fn compiled(&self, sha: &str) -> Result<Arc<CompiledPlugin>, AdminError> {
         if let Some(hit) = self.lock_plugins().get(sha) {
-            return Ok(hit.clone());
+            return Ok(hit);
         }
         let bytes = self
             .store
@@ -508,7 +553,7 @@ impl Admin {
             .load(bytes)
             .await
             .map_err(|e| AdminError::PluginRefused(e.to_string()))?;
-        self.lock_plugins().insert(sha.to_owned(), plugin.clone());
+        self.lock_plugins().insert(sha, plugin.clone());
         Ok(plugin)
     }
 
@@ -521,7 +566,7 @@ impl Admin {
             .clone()
     }
 
-    fn lock_plugins(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CompiledPlugin>>> {
+    fn lock_plugins(&self) -> std::sync::MutexGuard<'_, PluginCache> {
         self.plugins
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -558,6 +603,8 @@ impl Admin {
             .collect();
         let mut directory = Directory::default();
         let mut live = HashSet::new();
+        let mut bound = HashSet::new();
+        let mut limited = HashSet::new();
         for client in clients.iter().filter(|c| c.disabled_at.is_none()) {
             live.insert(client.id.as_str());
             let Some(doc) = client
@@ -578,6 +625,10 @@ impl Admin {
                     continue;
                 }
             };
+            bound.insert(doc.plugin_sha256.as_str());
+            if client.rate_limit_per_minute.is_some() {
+                limited.insert(client.id.as_str());
+            }
             directory.insert_client(ClientEntry {
                 id: client.id.clone(),
                 agency_id: client.agency_id.clone(),
@@ -634,6 +685,13 @@ impl Admin {
         self.directory.store(Arc::new(directory));
         self.tokens.store(Arc::new(token_table));
         self.webhooks.store(Arc::new(webhook_table));
+        // Requests in flight hold their binding's plugin themselves; these
+        // are only the caches for the next rebuild.
+        self.lock_plugins().prune(&bound);
+        self.limiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|client, _| limited.contains(client.as_str()));
         Ok(())
     }
 
@@ -1300,7 +1358,7 @@ impl Admin {
         let sample_config = sample_config.unwrap_or_else(|| "{}".into());
         let smoke = self.smoke(&plugin, &sample_config).await?;
         self.store.put_blob(&sha, &bytes)?;
-        self.lock_plugins().insert(sha.clone(), plugin.clone());
+        self.lock_plugins().insert(&sha, plugin.clone());
         let info = plugin.info();
         let doc = PluginDoc {
             agency_id: agency.clone(),
@@ -1959,6 +2017,11 @@ impl Admin {
     }
 
     pub(crate) fn remember_plugin(&self, sha: &str, plugin: Arc<CompiledPlugin>) {
-        self.lock_plugins().insert(sha.to_owned(), plugin);
+        self.lock_plugins().insert(sha, plugin);
+    }
+
+    /// How many plugin versions are compiled and held by the admin cache.
+    pub fn loaded_plugin_versions(&self) -> usize {
+        self.lock_plugins().entries.len()
     }
 }
