@@ -37,6 +37,17 @@ async fn bind(gw: &TestGateway, t: &Tenant, sha: &str, config: &str) -> (u16, Va
     .await
 }
 
+async fn rollback(gw: &TestGateway, t: &Tenant, body: Value) -> (u16, Value) {
+    call(
+        gw,
+        Method::POST,
+        &format!("/admin/v1/clients/{}/binding/rollback", t.client),
+        &t.token,
+        Some(body),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_lifecycle_upload_bind_swap_and_roll_back() {
     let gw = gateway::start(vec![]).await;
@@ -109,14 +120,7 @@ async fn plugin_lifecycle_upload_bind_swap_and_roll_back() {
     assert_eq!(recs.last().unwrap().record.plugin.content_hash, v2_sha);
 
     // Roll back to the previous revision: v1 again, as a new revision.
-    let (st, back) = call(
-        &gw,
-        Method::POST,
-        &format!("/admin/v1/clients/{}/binding/rollback", t.client),
-        &t.token,
-        Some(json!({})),
-    )
-    .await;
+    let (st, back) = rollback(&gw, &t, json!({})).await;
     assert_eq!(st, 200, "{back}");
     assert_eq!(back["current"]["plugin_sha256"], t.plugin.as_str());
     assert_eq!(back["current"]["revision"], 3);
@@ -133,24 +137,10 @@ async fn plugin_lifecycle_upload_bind_swap_and_roll_back() {
         t.plugin
     );
     // Rolling back to a named revision.
-    let (st, named) = call(
-        &gw,
-        Method::POST,
-        &format!("/admin/v1/clients/{}/binding/rollback", t.client),
-        &t.token,
-        Some(json!({"revision": 2})),
-    )
-    .await;
+    let (st, named) = rollback(&gw, &t, json!({"revision": 2})).await;
     assert_eq!(st, 200, "{named}");
     assert_eq!(named["current"]["plugin_sha256"], v2_sha.as_str());
-    let (st, missing) = call(
-        &gw,
-        Method::POST,
-        &format!("/admin/v1/clients/{}/binding/rollback", t.client),
-        &t.token,
-        Some(json!({"revision": 99})),
-    )
-    .await;
+    let (st, missing) = rollback(&gw, &t, json!({"revision": 99})).await;
     assert_eq!(st, 400, "{missing}");
     assert_eq!(missing["error"]["param"], "revision");
 
@@ -1076,14 +1066,7 @@ async fn unbound_plugin_versions_are_unloaded_and_compiled_again_when_bound() {
     assert_eq!(admin.loaded_plugin_versions(), 1 + 2);
 
     // Rolling back to the version before works as before.
-    let (st, body) = call(
-        &gw,
-        Method::POST,
-        &format!("/admin/v1/clients/{}/binding/rollback", t.client),
-        &t.token,
-        Some(json!({})),
-    )
-    .await;
+    let (st, body) = rollback(&gw, &t, json!({})).await;
     assert_eq!(st, 200, "{body}");
     let r = chat_with(&gw, &t.key, "Where is my order?").await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
