@@ -181,7 +181,10 @@ pub(crate) struct Shared {
     /// Current values of the aggregates not yet checkpointed, for readers: a
     /// read consults this first, then the store. Entries are removed only after
     /// the checkpoint that wrote them has committed, so reads never go back.
-    pub overlay: RwLock<HashMap<AggKey, Totals>>,
+    /// Keyed by the encoded store key: the gateway scans one client's prefix
+    /// on every request, so this is ordered like the store rather than a hash
+    /// map walked whole.
+    pub overlay: RwLock<BTreeMap<Vec<u8>, (AggKey, Totals)>>,
     /// Batched mode: applied but not yet flushed.
     dirty: AtomicBool,
     /// Set when a commit or flush failed: memory may be ahead of the store, so
@@ -294,7 +297,7 @@ impl Shared {
         let now = cfg.clock.now();
         Ok(Shared {
             store,
-            overlay: RwLock::new(HashMap::new()),
+            overlay: RwLock::new(BTreeMap::new()),
             dirty: AtomicBool::new(false),
             poisoned: Mutex::new(None),
             committed: Mutex::new(0),
@@ -563,7 +566,7 @@ impl Shared {
                 .overlay
                 .read()
                 .map_err(|_| LedgerError::Poisoned("overlay lock poisoned".into()))?;
-            if let Some(v) = ov.get(key) {
+            if let Some((_, v)) = ov.get(&crate::sled_store::agg_key(key)) {
                 return Ok(Some(v.clone()));
             }
         }
@@ -575,14 +578,16 @@ impl Shared {
         &self,
         scan: &AggScan,
     ) -> Result<Vec<(AggKey, Totals)>, LedgerError> {
-        let fresh: Vec<(AggKey, Totals)> = {
+        let fresh: Vec<(Vec<u8>, (AggKey, Totals))> = {
             let ov = self
                 .overlay
                 .read()
                 .map_err(|_| LedgerError::Poisoned("overlay lock poisoned".into()))?;
-            ov.iter()
-                .filter(|(k, _)| scan.matches(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
+            let prefix = crate::sled_store::agg_scan_prefix(scan);
+            ov.range(prefix.clone()..)
+                .take_while(|(bytes, _)| bytes.starts_with(&prefix))
+                .filter(|(_, (k, _))| scan.matches(k))
+                .map(|(bytes, entry)| (bytes.clone(), entry.clone()))
                 .collect()
         };
         if fresh.is_empty() {
@@ -595,9 +600,7 @@ impl Shared {
             .into_iter()
             .map(|(k, v)| (crate::sled_store::agg_key(&k), (k, v)))
             .collect();
-        for (k, v) in fresh {
-            merged.insert(crate::sled_store::agg_key(&k), (k, v));
-        }
+        merged.extend(fresh);
         Ok(merged.into_values().collect())
     }
 
@@ -611,7 +614,11 @@ impl Shared {
             // The store now holds every aggregate; the overlay is redundant.
             ov.clear();
         } else {
-            ov.extend(values);
+            ov.extend(
+                values
+                    .into_iter()
+                    .map(|(k, v)| (crate::sled_store::agg_key(&k), (k, v))),
+            );
         }
     }
 

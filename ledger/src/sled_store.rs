@@ -490,7 +490,7 @@ pub(crate) fn agg_key(key: &AggKey) -> Vec<u8> {
     k
 }
 
-fn agg_scan_prefix(scan: &AggScan) -> Vec<u8> {
+pub(crate) fn agg_scan_prefix(scan: &AggScan) -> Vec<u8> {
     let mut k = vec![AGGREGATE];
     match scan {
         AggScan::ClientModels { client, period } => {

@@ -1334,3 +1334,57 @@ fn an_absorbed_record_can_be_reversed_and_survives_a_restart() {
     assert_eq!((st.requests, st.unbilled_requests), (2, 1));
     assert_eq!(st.exact_total, d("1.5"));
 }
+
+/// Between checkpoints readers see the running aggregates from memory, found
+/// by key prefix: one client's figures never pick up another's, even when
+/// one id is a prefix of the other.
+#[test]
+fn uncheckpointed_aggregates_are_read_per_client_by_prefix() {
+    let l = Ledger::open_with_store(
+        Arc::new(SledStore::temporary().unwrap()),
+        LedgerConfig {
+            aggregate_checkpoint_every: std::time::Duration::from_secs(3600),
+            clock: ManualClock::new(t("2025-01-10T12:00:00Z")).clock(),
+            ..LedgerConfig::default()
+        },
+    )
+    .unwrap();
+    for (i, (client, unit, qty)) in [
+        ("c1", "doc", "1"),
+        ("c10", "doc", "4"),
+        ("c1", "page", "3"),
+        ("c10", "lead", "2"),
+        ("c2", "doc", "7"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = rec(&format!("k{i}"), client, "1", "0.5");
+        r.units.insert(unit.into(), d(qty));
+        l.record(r).unwrap();
+    }
+    let units = |client: &str| {
+        l.usage_so_far(client, p("2025-01"))
+            .unwrap()
+            .units
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        units("c1"),
+        vec![("doc".to_owned(), d("1")), ("page".to_owned(), d("3"))]
+    );
+    assert_eq!(
+        units("c10"),
+        vec![("doc".to_owned(), d("4")), ("lead".to_owned(), d("2"))]
+    );
+    assert_eq!(units("c2"), vec![("doc".to_owned(), d("7"))]);
+    assert_eq!(l.usage_so_far("c1", p("2025-01")).unwrap().requests, 2);
+    // The same after a checkpoint, from the store.
+    l.checkpoint().unwrap();
+    assert_eq!(
+        units("c1"),
+        vec![("doc".to_owned(), d("1")), ("page".to_owned(), d("3"))]
+    );
+    assert_eq!(units("c10").len(), 2);
+}
