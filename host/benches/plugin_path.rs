@@ -67,9 +67,8 @@ async fn one_instance(plugin: &CompiledPlugin, runtime: &PluginRuntime) {
     let (req, offers, usage) = (request(), tollgate::demo_catalog::offers(), usage());
     let mut s = plugin.session(&req.request_id).await.unwrap();
     let d = s.route(CONFIG, &req, &offers).await.unwrap().unwrap();
-    let units = s.meter(CONFIG, &req, &usage).await.unwrap();
     let q = s
-        .price(CONFIG, &req, &usage, &units, runtime.surcharge_bound(&d))
+        .meter_and_price(CONFIG, &req, &usage, runtime.surcharge_bound(&d))
         .await
         .unwrap();
     std::hint::black_box(q);
@@ -120,9 +119,8 @@ async fn two_instances(plugin: &CompiledPlugin, runtime: &PluginRuntime) {
     let d = s.route(CONFIG, &req, &offers).await.unwrap().unwrap();
     drop(s);
     let mut s = plugin.session(&req.request_id).await.unwrap();
-    let units = s.meter(CONFIG, &req, &usage).await.unwrap();
     let q = s
-        .price(CONFIG, &req, &usage, &units, runtime.surcharge_bound(&d))
+        .meter_and_price(CONFIG, &req, &usage, runtime.surcharge_bound(&d))
         .await
         .unwrap();
     std::hint::black_box(q);

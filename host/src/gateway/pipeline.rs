@@ -510,19 +510,9 @@ async fn meter_and_price(
 ) -> Result<(Vec<BusinessUnit>, PriceQuote), PluginError> {
     let binding = &prepared.caller.client.binding;
     let mut session = binding.session(&prepared.summary.request_id).await?;
-    let units = session
-        .meter(&binding.config, &prepared.summary, usage)
-        .await?;
-    let quote = session
-        .price(
-            &binding.config,
-            &prepared.summary,
-            usage,
-            &units,
-            prepared.bound,
-        )
-        .await?;
-    Ok((units, quote))
+    session
+        .meter_and_price(&binding.config, &prepared.summary, usage, prepared.bound)
+        .await
 }
 
 /// Records a request that reached no provider successfully (every attempt

@@ -33,6 +33,7 @@ use wasmtime::component::Component;
 use wasmtime::{Engine, Store, Trap};
 
 use bindings::v0_1;
+use bindings::v0_1::tollgate::plugin::types as wit;
 use convert::WireSize;
 pub use error::{LoadError, PluginError};
 pub use metrics::{PluginMetrics, PluginStats};
@@ -763,13 +764,56 @@ impl Session {
     ) -> Result<Vec<BusinessUnit>, PluginError> {
         let request = convert::request(request);
         let usage = convert::usage(usage);
+        self.meter_converted(config, &request, &usage).await
+    }
+
+    /// `price`, with the quote held to `bound`.
+    pub async fn price(
+        &mut self,
+        config: &str,
+        request: &RequestSummary,
+        usage: &Usage,
+        units: &[BusinessUnit],
+        bound: Decimal,
+    ) -> Result<PriceQuote, PluginError> {
+        let request = convert::request(request);
+        let usage = convert::usage(usage);
+        self.price_converted(config, &request, &usage, units, bound)
+            .await
+    }
+
+    /// `meter`, then `price` on its units: what the gateway does once a
+    /// request is served. The request and usage cross into binding types
+    /// once for both calls.
+    pub async fn meter_and_price(
+        &mut self,
+        config: &str,
+        request: &RequestSummary,
+        usage: &Usage,
+        bound: Decimal,
+    ) -> Result<(Vec<BusinessUnit>, PriceQuote), PluginError> {
+        let request = convert::request(request);
+        let usage = convert::usage(usage);
+        let units = self.meter_converted(config, &request, &usage).await?;
+        let quote = self
+            .price_converted(config, &request, &usage, &units, bound)
+            .await?;
+        Ok((units, quote))
+    }
+
+    async fn meter_converted(
+        &mut self,
+        config: &str,
+        request: &wit::RequestSummary,
+        usage: &wit::Usage,
+    ) -> Result<Vec<BusinessUnit>, PluginError> {
         let started = self.begin(config.wire_size() + request.wire_size() + usage.wire_size())?;
         let hard = self.hard_deadline();
         let call = self.instance.tollgate_plugin_plugin().call_meter(
             &mut self.store,
             config,
-            &request,
-            &usage,
+            request,
+            usage,
         );
         let result = tokio::time::timeout(hard, call).await;
         let raw = self
@@ -788,17 +832,14 @@ impl Session {
         Ok(units)
     }
 
-    /// `price`, with the quote held to `bound`.
-    pub async fn price(
+    async fn price_converted(
         &mut self,
         config: &str,
-        request: &RequestSummary,
-        usage: &Usage,
+        request: &wit::RequestSummary,
+        usage: &wit::Usage,
         units: &[BusinessUnit],
         bound: Decimal,
     ) -> Result<PriceQuote, PluginError> {
-        let request = convert::request(request);
-        let usage = convert::usage(usage);
         let units: Vec<_> = units.iter().map(convert::unit_in).collect();
         let started = self.begin(
             config.wire_size() + request.wire_size() + usage.wire_size() + units.wire_size(),
@@ -807,8 +848,8 @@ impl Session {
         let call = self.instance.tollgate_plugin_plugin().call_price(
             &mut self.store,
             config,
-            &request,
-            &usage,
+            request,
+            usage,
             &units,
         );
         let result = tokio::time::timeout(hard, call).await;
