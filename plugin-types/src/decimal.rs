@@ -56,52 +56,23 @@ pub fn parse(text: &str) -> Result<Decimal, DecimalError> {
 /// amount of every request summary and offer it hands a plugin, and
 /// `Display` goes through the formatting machinery.
 pub fn format(value: &Decimal) -> String {
-    // A 96-bit mantissa has at most 29 digits.
-    let mut digits = [0u8; 40];
-    let mut start = digits.len();
-    let magnitude = value.mantissa().unsigned_abs();
-    // u128 division is a library call; most amounts fit in a u64.
-    match u64::try_from(magnitude) {
-        Ok(mut n) => loop {
-            start -= 1;
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        },
-        Err(_) => {
-            let mut n = magnitude;
-            loop {
-                start -= 1;
-                digits[start] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-    }
-    let digits = &digits[start..];
+    let digits = value.mantissa().unsigned_abs().to_string();
     let scale = value.scale() as usize;
     let mut out = String::with_capacity(digits.len() + scale + 3);
     if value.is_sign_negative() {
         out.push('-');
     }
-    let push_digits = |out: &mut String, d: &[u8]| {
-        out.extend(d.iter().map(|&b| char::from(b)));
-    };
     if scale == 0 {
-        push_digits(&mut out, digits);
+        out.push_str(&digits);
     } else if digits.len() <= scale {
         out.push_str("0.");
         out.extend(std::iter::repeat_n('0', scale - digits.len()));
-        push_digits(&mut out, digits);
+        out.push_str(&digits);
     } else {
         let (int, frac) = digits.split_at(digits.len() - scale);
-        push_digits(&mut out, int);
+        out.push_str(int);
         out.push('.');
-        push_digits(&mut out, frac);
+        out.push_str(frac);
     }
     out
 }

@@ -37,6 +37,19 @@ async fn bind(gw: &TestGateway, t: &Tenant, sha: &str, config: &str) -> (u16, Va
     .await
 }
 
+async fn bindings_of(gw: &TestGateway, t: &Tenant) -> Value {
+    let (st, view) = call(
+        gw,
+        Method::GET,
+        &format!("/admin/v1/clients/{}/binding", t.client),
+        &t.token,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{view}");
+    view
+}
+
 async fn rollback(gw: &TestGateway, t: &Tenant, body: Value) -> (u16, Value) {
     call(
         gw,
@@ -278,14 +291,7 @@ async fn hot_swap_under_load_fails_no_request_and_loses_no_record() {
         "both versions served traffic"
     );
     // The final binding (after an even number of swaps: v1) is in force.
-    let (_, view) = call(
-        &gw,
-        Method::GET,
-        &format!("/admin/v1/clients/{}/binding", t.client),
-        &t.token,
-        None,
-    )
-    .await;
+    let view = bindings_of(&gw, &t).await;
     assert_eq!(view["current"]["plugin_sha256"], t.plugin.as_str());
     assert_eq!(view["current"]["revision"], swaps + 1);
 
@@ -293,14 +299,7 @@ async fn hot_swap_under_load_fails_no_request_and_loses_no_record() {
     // and every record.
     let gw = Arc::try_unwrap(gw).ok().expect("workers are done");
     let gw = gw.restart().await;
-    let (_, view) = call(
-        &gw,
-        Method::GET,
-        &format!("/admin/v1/clients/{}/binding", t.client),
-        &t.token,
-        None,
-    )
-    .await;
+    let view = bindings_of(&gw, &t).await;
     assert_eq!(view["current"]["plugin_sha256"], t.plugin.as_str());
     assert_eq!(view["current"]["revision"], swaps + 1);
     assert_eq!(records_of(&gw, &t.client).len() as u64, total);

@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::model::{kind, *};
-use super::service::{Admin, AdminError, Principal, to_value};
+use super::service::{Admin, AdminError, Change, Principal, to_value};
 use crate::config::{Config, ConfigError};
 use crate::plugin::ContentHash;
 
@@ -82,16 +82,18 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
         doc.seed = Some(seed);
         admin.record(
             &Principal::Config,
-            Some(id),
-            if rev == 0 {
-                "agency.create"
-            } else {
-                "agency.update"
+            Change {
+                agency: Some(id),
+                action: if rev == 0 {
+                    "agency.create"
+                } else {
+                    "agency.update"
+                },
+                object: (kind::AGENCY, id),
+                before,
+                after: Some(declared),
+                writes: vec![Admin::put(kind::AGENCY, id, &doc, rev)?],
             },
-            (kind::AGENCY, id),
-            before,
-            Some(declared),
-            vec![Admin::put(kind::AGENCY, id, &doc, rev)?],
         )?;
     }
 
@@ -151,12 +153,14 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             };
             admin.record(
                 &Principal::Config,
-                Some(&client.agency),
-                "plugin.upload",
-                (kind::PLUGIN, &sha),
-                None,
-                Some(to_value(&doc)?),
-                vec![Admin::put(kind::PLUGIN, &plugin_id, &doc, 0)?],
+                Change {
+                    agency: Some(&client.agency),
+                    action: "plugin.upload",
+                    object: (kind::PLUGIN, &sha),
+                    before: None,
+                    after: Some(to_value(&doc)?),
+                    writes: vec![Admin::put(kind::PLUGIN, &plugin_id, &doc, 0)?],
+                },
             )?;
         }
         let declared = json!({
@@ -233,16 +237,18 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
         }
         admin.record(
             &Principal::Config,
-            Some(&client.agency),
-            if rev == 0 {
-                "client.create"
-            } else {
-                "client.update"
+            Change {
+                agency: Some(&client.agency),
+                action: if rev == 0 {
+                    "client.create"
+                } else {
+                    "client.update"
+                },
+                object: (kind::CLIENT, &client.id),
+                before,
+                after: Some(declared),
+                writes: vec![Admin::put(kind::CLIENT, &client.id, &doc, rev)?],
             },
-            (kind::CLIENT, &client.id),
-            before,
-            Some(declared),
-            vec![Admin::put(kind::CLIENT, &client.id, &doc, rev)?],
         )?;
     }
 
@@ -267,12 +273,14 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             };
             admin.record(
                 &Principal::Config,
-                Some(&agency),
-                "app.create",
-                (kind::APP, &k.app),
-                None,
-                Some(to_value(&app)?),
-                vec![Admin::put(kind::APP, &k.app, &app, 0)?],
+                Change {
+                    agency: Some(&agency),
+                    action: "app.create",
+                    object: (kind::APP, &k.app),
+                    before: None,
+                    after: Some(to_value(&app)?),
+                    writes: vec![Admin::put(kind::APP, &k.app, &app, 0)?],
+                },
             )?;
         }
         if admin.get::<AppKeyDoc>(kind::APP_KEY, &id)?.is_some() {
@@ -293,12 +301,14 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
         };
         admin.record(
             &Principal::Config,
-            Some(&agency),
-            "key.create",
-            (kind::APP_KEY, &id),
-            None,
-            Some(json!({"id": id, "app_id": k.app, "client_id": k.client})),
-            vec![Admin::put(kind::APP_KEY, &id, &doc, 0)?],
+            Change {
+                agency: Some(&agency),
+                action: "key.create",
+                object: (kind::APP_KEY, &id),
+                before: None,
+                after: Some(json!({"id": id, "app_id": k.app, "client_id": k.client})),
+                writes: vec![Admin::put(kind::APP_KEY, &id, &doc, 0)?],
+            },
         )?;
     }
     for key in admin.list::<AppKeyDoc>(kind::APP_KEY)? {
@@ -310,12 +320,16 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             doc.revoked_at = Some(Utc::now());
             admin.record(
                 &Principal::Config,
-                Some(&key.agency_id),
-                "key.revoke",
-                (kind::APP_KEY, &key.id),
-                None,
-                Some(json!({"id": key.id, "reason": "no longer declared in the config file"})),
-                vec![Admin::put(kind::APP_KEY, &key.id, &doc, rev)?],
+                Change {
+                    agency: Some(&key.agency_id),
+                    action: "key.revoke",
+                    object: (kind::APP_KEY, &key.id),
+                    before: None,
+                    after: Some(
+                        json!({"id": key.id, "reason": "no longer declared in the config file"}),
+                    ),
+                    writes: vec![Admin::put(kind::APP_KEY, &key.id, &doc, rev)?],
+                },
             )?;
         }
     }

@@ -330,6 +330,24 @@ impl PluginCache {
     }
 }
 
+/// One audited change: the documents written and the audit entry that
+/// describes them, applied together.
+pub(crate) struct Change<'a> {
+    /// The agency the change belongs to (`None` for operator-wide changes).
+    pub agency: Option<&'a str>,
+    /// What was done, e.g. `client.create`.
+    pub action: &'a str,
+    /// (kind, id) of the object changed.
+    pub object: (&'a str, &'a str),
+    /// The object's view before the change (`None` where it did not exist
+    /// or is not shown).
+    pub before: Option<serde_json::Value>,
+    /// Its view after the change.
+    pub after: Option<serde_json::Value>,
+    /// The documents written.
+    pub writes: Vec<DocumentWrite>,
+}
+
 /// Default and maximum page size of listings.
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
@@ -477,19 +495,17 @@ impl Admin {
 
     // ----- writing ---------------------------------------------------------
 
-    /// Applies `writes` atomically with one audit entry naming `p`. Callers
-    /// hold the write lock (or, at start, are the only writer).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn record(
-        &self,
-        p: &Principal,
-        agency: Option<&str>,
-        action: &str,
-        object: (&str, &str),
-        before: Option<serde_json::Value>,
-        after: Option<serde_json::Value>,
-        writes: Vec<DocumentWrite>,
-    ) -> Result<(), AdminError> {
+    /// Applies `change.writes` atomically with one audit entry naming `p`.
+    /// Callers hold the write lock (or, at start, are the only writer).
+    pub(crate) fn record(&self, p: &Principal, change: Change<'_>) -> Result<(), AdminError> {
+        let Change {
+            agency,
+            action,
+            object,
+            before,
+            after,
+            writes,
+        } = change;
         self.store.apply(ControlChange {
             writes,
             audit: Some(AuditEntry {
@@ -508,18 +524,8 @@ impl Admin {
     }
 
     /// [`Admin::record`], then the data path's directory is rebuilt.
-    #[allow(clippy::too_many_arguments)]
-    async fn commit(
-        &self,
-        p: &Principal,
-        agency: Option<&str>,
-        action: &str,
-        object: (&str, &str),
-        before: Option<serde_json::Value>,
-        after: Option<serde_json::Value>,
-        writes: Vec<DocumentWrite>,
-    ) -> Result<(), AdminError> {
-        self.record(p, agency, action, object, before, after, writes)?;
+    async fn commit(&self, p: &Principal, change: Change<'_>) -> Result<(), AdminError> {
+        self.record(p, change)?;
         self.refresh().await
     }
 
@@ -801,12 +807,14 @@ impl Admin {
         let view = self.agency_view(&doc);
         self.commit(
             p,
-            Some(&doc.id),
-            "agency.create",
-            (kind::AGENCY, &doc.id),
-            None,
-            Some(to_value(&view)?),
-            vec![Self::put(kind::AGENCY, &doc.id, &doc, 0)?],
+            Change {
+                agency: Some(&doc.id),
+                action: "agency.create",
+                object: (kind::AGENCY, &doc.id),
+                before: None,
+                after: Some(to_value(&view)?),
+                writes: vec![Self::put(kind::AGENCY, &doc.id, &doc, 0)?],
+            },
         )
         .await?;
         Ok(view)
@@ -869,12 +877,14 @@ impl Admin {
         let after = self.agency_view(&doc);
         self.commit(
             p,
-            Some(id),
-            "agency.update",
-            (kind::AGENCY, id),
-            Some(to_value(&before)?),
-            Some(to_value(&after)?),
-            vec![Self::put(kind::AGENCY, id, &doc, rev)?],
+            Change {
+                agency: Some(id),
+                action: "agency.update",
+                object: (kind::AGENCY, id),
+                before: Some(to_value(&before)?),
+                after: Some(to_value(&after)?),
+                writes: vec![Self::put(kind::AGENCY, id, &doc, rev)?],
+            },
         )
         .await?;
         Ok(after)
@@ -909,12 +919,14 @@ impl Admin {
         let view = Self::token_view(&doc);
         self.commit(
             p,
-            Some(agency),
-            "token.create",
-            (kind::ADMIN_TOKEN, &doc.id),
-            None,
-            Some(to_value(&view)?),
-            vec![Self::put(kind::ADMIN_TOKEN, &doc.id, &doc, 0)?],
+            Change {
+                agency: Some(agency),
+                action: "token.create",
+                object: (kind::ADMIN_TOKEN, &doc.id),
+                before: None,
+                after: Some(to_value(&view)?),
+                writes: vec![Self::put(kind::ADMIN_TOKEN, &doc.id, &doc, 0)?],
+            },
         )
         .await?;
         Ok(NewCredential {
@@ -953,12 +965,14 @@ impl Admin {
         let view = Self::token_view(&doc);
         self.commit(
             &Principal::Config,
-            Some(agency),
-            "token.create",
-            (kind::ADMIN_TOKEN, &doc.id),
-            None,
-            Some(to_value(&view)?),
-            vec![Self::put(kind::ADMIN_TOKEN, &doc.id, &doc, 0)?],
+            Change {
+                agency: Some(agency),
+                action: "token.create",
+                object: (kind::ADMIN_TOKEN, &doc.id),
+                before: None,
+                after: Some(to_value(&view)?),
+                writes: vec![Self::put(kind::ADMIN_TOKEN, &doc.id, &doc, 0)?],
+            },
         )
         .await
     }
@@ -999,12 +1013,14 @@ impl Admin {
         let after = Self::token_view(&doc);
         self.commit(
             p,
-            Some(agency),
-            "token.revoke",
-            (kind::ADMIN_TOKEN, token_id),
-            Some(to_value(&before)?),
-            Some(to_value(&after)?),
-            vec![Self::put(kind::ADMIN_TOKEN, token_id, &doc, rev)?],
+            Change {
+                agency: Some(agency),
+                action: "token.revoke",
+                object: (kind::ADMIN_TOKEN, token_id),
+                before: Some(to_value(&before)?),
+                after: Some(to_value(&after)?),
+                writes: vec![Self::put(kind::ADMIN_TOKEN, token_id, &doc, rev)?],
+            },
         )
         .await?;
         Ok(after)
@@ -1056,12 +1072,14 @@ impl Admin {
         let view = self.client_view(&doc)?;
         self.commit(
             p,
-            Some(&agency),
-            "client.create",
-            (kind::CLIENT, &doc.id),
-            None,
-            Some(to_value(&view)?),
-            vec![Self::put(kind::CLIENT, &doc.id, &doc, 0)?],
+            Change {
+                agency: Some(&agency),
+                action: "client.create",
+                object: (kind::CLIENT, &doc.id),
+                before: None,
+                after: Some(to_value(&view)?),
+                writes: vec![Self::put(kind::CLIENT, &doc.id, &doc, 0)?],
+            },
         )
         .await?;
         Ok(view)
@@ -1116,12 +1134,14 @@ impl Admin {
         let after = self.client_view(&doc)?;
         self.commit(
             p,
-            Some(&doc.agency_id),
-            "client.update",
-            (kind::CLIENT, id),
-            Some(to_value(&before)?),
-            Some(to_value(&after)?),
-            vec![Self::put(kind::CLIENT, id, &doc, rev)?],
+            Change {
+                agency: Some(&doc.agency_id),
+                action: "client.update",
+                object: (kind::CLIENT, id),
+                before: Some(to_value(&before)?),
+                after: Some(to_value(&after)?),
+                writes: vec![Self::put(kind::CLIENT, id, &doc, rev)?],
+            },
         )
         .await?;
         Ok(after)
@@ -1140,12 +1160,14 @@ impl Admin {
         let after = self.client_view(&doc)?;
         self.commit(
             p,
-            Some(&doc.agency_id),
-            "client.delete",
-            (kind::CLIENT, id),
-            Some(to_value(&before)?),
-            Some(to_value(&after)?),
-            vec![Self::put(kind::CLIENT, id, &doc, rev)?],
+            Change {
+                agency: Some(&doc.agency_id),
+                action: "client.delete",
+                object: (kind::CLIENT, id),
+                before: Some(to_value(&before)?),
+                after: Some(to_value(&after)?),
+                writes: vec![Self::put(kind::CLIENT, id, &doc, rev)?],
+            },
         )
         .await?;
         Ok(after)
@@ -1172,12 +1194,14 @@ impl Admin {
         };
         self.commit(
             p,
-            Some(&c.agency_id),
-            "app.create",
-            (kind::APP, &doc.id),
-            None,
-            Some(to_value(&doc)?),
-            vec![Self::put(kind::APP, &doc.id, &doc, 0)?],
+            Change {
+                agency: Some(&c.agency_id),
+                action: "app.create",
+                object: (kind::APP, &doc.id),
+                before: None,
+                after: Some(to_value(&doc)?),
+                writes: vec![Self::put(kind::APP, &doc.id, &doc, 0)?],
+            },
         )
         .await?;
         Ok(doc)
@@ -1222,12 +1246,14 @@ impl Admin {
         let view = Self::key_view(&doc);
         self.commit(
             p,
-            Some(&a.agency_id),
-            "key.create",
-            (kind::APP_KEY, &doc.id),
-            None,
-            Some(to_value(&view)?),
-            vec![Self::put(kind::APP_KEY, &doc.id, &doc, 0)?],
+            Change {
+                agency: Some(&a.agency_id),
+                action: "key.create",
+                object: (kind::APP_KEY, &doc.id),
+                before: None,
+                after: Some(to_value(&view)?),
+                writes: vec![Self::put(kind::APP_KEY, &doc.id, &doc, 0)?],
+            },
         )
         .await?;
         Ok(NewCredential {
@@ -1262,12 +1288,14 @@ impl Admin {
         let after = Self::key_view(&doc);
         self.commit(
             p,
-            Some(&doc.agency_id.clone()),
-            "key.revoke",
-            (kind::APP_KEY, key),
-            Some(to_value(&before)?),
-            Some(to_value(&after)?),
-            vec![Self::put(kind::APP_KEY, key, &doc, rev)?],
+            Change {
+                agency: Some(&doc.agency_id.clone()),
+                action: "key.revoke",
+                object: (kind::APP_KEY, key),
+                before: Some(to_value(&before)?),
+                after: Some(to_value(&after)?),
+                writes: vec![Self::put(kind::APP_KEY, key, &doc, rev)?],
+            },
         )
         .await?;
         Ok(after)
@@ -1379,12 +1407,14 @@ impl Admin {
         }
         self.commit(
             p,
-            Some(&agency),
-            "plugin.upload",
-            (kind::PLUGIN, &sha),
-            None,
-            Some(to_value(&doc)?),
-            vec![Self::put(kind::PLUGIN, &id, &doc, 0)?],
+            Change {
+                agency: Some(&agency),
+                action: "plugin.upload",
+                object: (kind::PLUGIN, &sha),
+                before: None,
+                after: Some(to_value(&doc)?),
+                writes: vec![Self::put(kind::PLUGIN, &id, &doc, 0)?],
+            },
         )
         .await?;
         Ok((self.plugin_view(&doc)?, true))
@@ -1630,12 +1660,14 @@ impl Admin {
     ) -> Result<BindingsView, AdminError> {
         self.commit(
             p,
-            Some(agency),
-            action,
-            object,
-            Some(to_value(&before)?),
-            Some(to_value(&slot.current)?),
-            vec![Self::put(object.0, object.1, doc, rev)?],
+            Change {
+                agency: Some(agency),
+                action,
+                object,
+                before: Some(to_value(&before)?),
+                after: Some(to_value(&slot.current)?),
+                writes: vec![Self::put(object.0, object.1, doc, rev)?],
+            },
         )
         .await?;
         Ok(Self::slot_view(slot))
@@ -1815,12 +1847,14 @@ impl Admin {
         self.ledger.set_plan(plan.clone())?;
         self.record(
             p,
-            Some(&c.agency_id),
-            "plan.set",
-            ("plan", client),
-            Some(to_value(&before)?),
-            Some(to_value(&plan)?),
-            vec![],
+            Change {
+                agency: Some(&c.agency_id),
+                action: "plan.set",
+                object: ("plan", client),
+                before: Some(to_value(&before)?),
+                after: Some(to_value(&plan)?),
+                writes: vec![],
+            },
         )?;
         Ok(plan)
     }
@@ -1839,12 +1873,14 @@ impl Admin {
         self.ledger.set_plan(plan.clone())?;
         self.record(
             p,
-            Some(&c.agency_id),
-            "plan.clear_cap",
-            ("plan", client),
-            Some(to_value(&before)?),
-            Some(to_value(&plan)?),
-            vec![],
+            Change {
+                agency: Some(&c.agency_id),
+                action: "plan.clear_cap",
+                object: ("plan", client),
+                before: Some(to_value(&before)?),
+                after: Some(to_value(&plan)?),
+                writes: vec![],
+            },
         )?;
         Ok(plan)
     }
@@ -1880,12 +1916,14 @@ impl Admin {
         if applied {
             self.record(
                 p,
-                Some(&c.agency_id),
-                "credit.top_up",
-                ("client", client),
-                None,
-                Some(to_value(&bucket)?),
-                vec![],
+                Change {
+                    agency: Some(&c.agency_id),
+                    action: "credit.top_up",
+                    object: ("client", client),
+                    before: None,
+                    after: Some(to_value(&bucket)?),
+                    writes: vec![],
+                },
             )?;
         }
         Ok((bucket, applied))

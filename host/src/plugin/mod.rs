@@ -489,18 +489,21 @@ impl CompiledPlugin {
         &self.exports
     }
 
-    /// Calls, errors and latency of this plugin version so far.
+    /// Calls, errors and latency of this version's calls made without a
+    /// tenant: at load, by the admin API and by the local tools. A tenant's
+    /// calls ([`CompiledPlugin::session_for`]) count in that tenant's figures
+    /// instead, so each call is counted once.
     pub fn stats(&self) -> &PluginStats {
         &self.stats
     }
 
     /// A fresh instance for one request.
     pub async fn session(&self, request_id: &str) -> Result<Session, PluginError> {
-        self.session_with_deadline(request_id, self.shared.limits.deadline, None)
+        self.session_with_deadline(request_id, self.shared.limits.deadline, self.stats.clone())
             .await
     }
 
-    /// A fresh instance for one request whose calls are also counted in
+    /// A fresh instance for one request whose calls are counted in
     /// `tenant_stats`: one agency's figures for this version, apart from any
     /// other agency that uploaded the same bytes.
     pub async fn session_for(
@@ -508,7 +511,7 @@ impl CompiledPlugin {
         request_id: &str,
         tenant_stats: Arc<PluginStats>,
     ) -> Result<Session, PluginError> {
-        self.session_with_deadline(request_id, self.shared.limits.deadline, Some(tenant_stats))
+        self.session_with_deadline(request_id, self.shared.limits.deadline, tenant_stats)
             .await
     }
 
@@ -517,14 +520,15 @@ impl CompiledPlugin {
     /// machine must not fail an upload or a binding over a few milliseconds.
     async fn admin_session(&self, label: &str) -> Result<Session, PluginError> {
         let deadline = self.shared.limits.deadline.max(ADMIN_DEADLINE);
-        self.session_with_deadline(label, deadline, None).await
+        self.session_with_deadline(label, deadline, self.stats.clone())
+            .await
     }
 
     async fn session_with_deadline(
         &self,
         request_id: &str,
         deadline: Duration,
-        tenant_stats: Option<Arc<PluginStats>>,
+        stats: Arc<PluginStats>,
     ) -> Result<Session, PluginError> {
         let limits = &self.shared.limits;
         let state = StoreState::new(
@@ -548,10 +552,7 @@ impl CompiledPlugin {
             Ok(instance) => instance,
             Err(e) => {
                 let error = classify(e, &store, deadline, limits.memory_bytes);
-                self.stats.record(Duration::ZERO, true);
-                if let Some(t) = &tenant_stats {
-                    t.record(Duration::ZERO, true);
-                }
+                stats.record(Duration::ZERO, true);
                 self.series.record_error(Capability::Describe, &error);
                 return Err(error);
             }
@@ -562,8 +563,7 @@ impl CompiledPlugin {
             deadline,
             series: self.series.clone(),
             shared: self.shared.clone(),
-            stats: self.stats.clone(),
-            tenant_stats,
+            stats,
             poisoned: false,
         })
     }
@@ -598,8 +598,9 @@ pub struct Session {
     deadline: Duration,
     series: Arc<metrics::PluginSeries>,
     shared: Arc<Shared>,
+    /// Where this session's calls are counted: the tenant's figures, or the
+    /// plugin's own for calls made without one.
     stats: Arc<PluginStats>,
-    tenant_stats: Option<Arc<PluginStats>>,
     poisoned: bool,
 }
 
@@ -661,9 +662,6 @@ impl Session {
             self.poisoned = true;
         }
         self.stats.record(elapsed, outcome.is_err());
-        if let Some(t) = &self.tenant_stats {
-            t.record(elapsed, outcome.is_err());
-        }
         self.series
             .record(capability, elapsed, outcome.as_ref().err());
         outcome
@@ -674,9 +672,6 @@ impl Session {
         self.poisoned = true;
         self.series.record_error(capability, &error);
         self.stats.record_error_only();
-        if let Some(t) = &self.tenant_stats {
-            t.record_error_only();
-        }
         error
     }
 
