@@ -171,6 +171,23 @@ fn test_reports_a_failing_case_and_exits_non_zero() {
     );
     assert!(stdout.contains("surcharge 0.30, expected 0.50"), "{stdout}");
     assert!(stdout.contains("5 passed, 1 failed"), "{stdout}");
+
+    // The deadline is the caller's to set, within bounds.
+    let out = tollgate(&[
+        "plugin",
+        "test",
+        &path_arg(dir.path()),
+        "--plugin",
+        &path_arg(&plugin_path("lead-qualifier")),
+        "--deadline-ms",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--deadline-ms"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

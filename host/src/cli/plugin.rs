@@ -120,6 +120,12 @@ pub struct TestArgs {
     /// Cargo target directory for the build.
     #[arg(long)]
     pub target_dir: Option<PathBuf>,
+    /// Per-call deadline in milliseconds. Fixtures check behaviour, so the
+    /// default is generous: a busy machine must not fail a case over a
+    /// descheduled millisecond. Pass the gateway's deadline (5) to hold the
+    /// plugin to it as well.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub deadline_ms: u64,
 }
 
 /// Runs a plugin subcommand; returns the exit code.
@@ -577,7 +583,7 @@ fn test(args: TestArgs) -> anyhow::Result<i32> {
         ),
     };
     let cases = fixture::load_dir(&fixtures)?;
-    let mut runner = runner(&wasm, false, None)?;
+    let mut runner = runner(&wasm, false, Some(Duration::from_millis(args.deadline_ms)))?;
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(["case", "result", "detail"]);
