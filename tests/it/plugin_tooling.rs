@@ -48,6 +48,29 @@ fn check_prints_world_exports_imports_size_and_compile_time() {
     assert_eq!(report["sha256"].as_str().map(str::len), Some(64));
 }
 
+/// Each example plugin starts inside the pool's resident window, so reusing
+/// a slot costs no page faults. This fails if the plugins lose the build
+/// setting that shrinks their shadow stack (`.cargo/config.toml`).
+#[test]
+fn example_plugins_start_with_memory_inside_the_resident_window() {
+    for name in ["support-desk", "document-pipeline", "lead-qualifier"] {
+        let wasm = plugin_path(name);
+        let out = tollgate(&["plugin", "check", "--json", &path_arg(&wasm)]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let initial = report["initial_memory_bytes"].as_u64().unwrap();
+        assert!(
+            initial > 0 && initial <= tollgate::plugin::MEMORY_KEEP_RESIDENT as u64,
+            "{name} starts with {initial} bytes of linear memory"
+        );
+        let out = tollgate(&["plugin", "check", &path_arg(&wasm)]);
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains(&format!("memory     {} KiB at start\n", initial / 1024)),
+            "{stdout}"
+        );
+    }
+}
+
 #[test]
 fn check_refuses_a_bad_component_and_says_why() {
     let out = tollgate(&[
@@ -235,6 +258,16 @@ fn new_scaffolds_a_plugin_that_builds_and_passes_its_own_tests() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+
+    // It is built with the same small shadow stack as the examples.
+    let wasm = target_dir.join("wasm32-wasip2/plugin/acme_fee.wasm");
+    let out = tollgate(&["plugin", "check", "--json", &path_arg(&wasm)]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let initial = report["initial_memory_bytes"].as_u64().unwrap();
+    assert!(
+        initial <= tollgate::plugin::MEMORY_KEEP_RESIDENT as u64,
+        "the scaffold starts with {initial} bytes of linear memory"
+    );
 
     // Names that are not crate names are refused before anything is written.
     let out = tollgate(&[

@@ -202,8 +202,14 @@ fn new(args: NewArgs) -> anyhow::Result<i32> {
             )
             .replace("{{channel}}", TOOLCHAIN_CHANNEL)
     };
-    let files: [(&str, String); 9] = [
+    let files: [(&str, String); 10] = [
         ("Cargo.toml", fill(include_str!("scaffold/Cargo.toml.tmpl"))),
+        // The same shadow-stack size as this repository's plugins, so a new
+        // plugin's working set fits the pool's resident window.
+        (
+            ".cargo/config.toml",
+            include_str!("../../../.cargo/config.toml").into(),
+        ),
         (
             "rust-toolchain.toml",
             fill(include_str!("scaffold/rust-toolchain.toml.tmpl")),
@@ -275,6 +281,7 @@ struct CheckReport<'a> {
     exports: &'a [String],
     imports: &'a [String],
     compile_ms: f64,
+    initial_memory_bytes: u64,
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<i32> {
@@ -304,6 +311,7 @@ fn check(args: CheckArgs) -> anyhow::Result<i32> {
         exports: p.exports(),
         imports: p.imports(),
         compile_ms: p.compile_time().as_secs_f64() * 1000.0,
+        initial_memory_bytes: p.initial_memory_bytes(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -318,6 +326,20 @@ fn check(args: CheckArgs) -> anyhow::Result<i32> {
     println!("  sha256     {}", report.sha256);
     println!("  size       {} bytes", report.size_bytes);
     println!("  compile    {:.1} ms", report.compile_ms);
+    let kept = crate::plugin::MEMORY_KEEP_RESIDENT as u64;
+    print!(
+        "  memory     {} KiB at start",
+        report.initial_memory_bytes / 1024
+    );
+    if report.initial_memory_bytes > kept {
+        // Pages past the resident window are faulted in again by every
+        // request; rustc's default 1 MiB shadow stack alone puts the heap there.
+        print!(
+            " (over the {} KiB kept resident between requests: link with -zstack-size=131072)",
+            kept / 1024
+        );
+    }
+    println!();
     println!("  exports    {}", report.exports.join(", "));
     println!("  imports    {}", report.imports.join("\n             "));
     Ok(0)

@@ -65,7 +65,12 @@ fn ensure_wasm_target(dir: &Path) -> Result<(), BuildError> {
 fn cargo_build(manifest_dir: &Path, packages: &[&str], target_dir: Option<&Path>) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.arg("build")
+    // cargo reads `.cargo/config.toml` (the plugin's shadow-stack size) and
+    // `rust-toolchain.toml` from its working directory, not from the
+    // manifest's: built from elsewhere, a plugin silently got rustc's 1 MiB
+    // stack and every request faulted its heap pages in again.
+    cmd.current_dir(manifest_dir)
+        .arg("build")
         .arg("--manifest-path")
         .arg(manifest_dir.join("Cargo.toml"))
         .args(["--target", "wasm32-wasip2", "--profile", "plugin"])

@@ -192,6 +192,7 @@ impl PluginRuntime {
         let component = Component::new(&self.shared.engine, bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let compile_time = started.elapsed();
+        let initial_memory_bytes = initial_memory_bytes(bytes);
         let ty = component.component_type();
         let imports: Vec<String> = ty
             .imports(&self.shared.engine)
@@ -232,6 +233,7 @@ impl PluginRuntime {
             hash,
             size: bytes.len(),
             compile_time,
+            initial_memory_bytes,
             world,
             imports,
             exports,
@@ -333,7 +335,23 @@ const DECOMMIT_BATCH: usize = 32;
 /// sixteenth were decommitted and faulted in again on every request (six
 /// faults per instance, a third of the plugin path on a VM), at 256 KiB
 /// none are (`cargo bench -p tollgate --bench plugin_path`, BENCHMARKS.md).
-const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
+pub const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
+
+/// The largest initial linear memory of any core module in a component
+/// (0 if it has none). Only called on bytes wasmtime has already validated.
+fn initial_memory_bytes(bytes: &[u8]) -> u64 {
+    let mut largest = 0u64;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(wasmparser::Payload::MemorySection(memories)) = payload else {
+            continue;
+        };
+        for memory in memories.into_iter().flatten() {
+            let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+            largest = largest.max(memory.initial.saturating_mul(page));
+        }
+    }
+    largest
+}
 
 /// The same for tables; a plugin's function table is a few KiB, so this
 /// covers it whole.
@@ -441,6 +459,7 @@ pub struct CompiledPlugin {
     hash: ContentHash,
     size: usize,
     compile_time: Duration,
+    initial_memory_bytes: u64,
     world: WorldVersion,
     imports: Vec<String>,
     exports: Vec<String>,
@@ -472,6 +491,14 @@ impl CompiledPlugin {
     /// How long compilation took.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// The largest initial size of its linear memories: what a fresh
+    /// instance starts with (shadow stack, static data, first heap). An
+    /// instance touching no more than [`MEMORY_KEEP_RESIDENT`] takes no page
+    /// faults when its pool slot is reused.
+    pub fn initial_memory_bytes(&self) -> u64 {
+        self.initial_memory_bytes
     }
 
     /// The contract version it implements.
