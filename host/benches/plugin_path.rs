@@ -162,7 +162,11 @@ fn main() {
         Some(&root.join("target/plugins")),
     )
     .expect("build support-desk");
-    let bytes = std::fs::read(&built["support-desk"]).unwrap();
+    // `PLUGIN_BENCH_WASM=<file>` measures another build of support-desk
+    // instead (e.g. the same source with a different SDK, for an A/B).
+    let wasm = std::env::var_os("PLUGIN_BENCH_WASM")
+        .map_or_else(|| built["support-desk"].clone(), std::path::PathBuf::from);
+    let bytes = std::fs::read(&wasm).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -176,6 +180,21 @@ fn main() {
     let runtime = PluginRuntime::new(limits, PluginMetrics::default()).unwrap();
     let plugin = rt.block_on(runtime.load(bytes)).unwrap();
 
+    // For profiling: `PLUGIN_BENCH_PROFILE=<seconds>` runs only the
+    // one-instance path in a loop for that long and prints nothing else.
+    if let Some(secs) = std::env::var("PLUGIN_BENCH_PROFILE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let mut n = 0u64;
+        while Instant::now() < until {
+            rt.block_on(one_instance(&plugin, &runtime));
+            n += 1;
+        }
+        println!("{n} iterations");
+        return;
+    }
     let names = [
         "native baseline (no Wasm)",
         "instantiate only",

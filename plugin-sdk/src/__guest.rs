@@ -69,8 +69,7 @@ impl<E: Exports> wit_plugin::Guest for E {
             kind: w::RejectionKind::InvalidRequest,
             message,
         };
-        let config =
-            crate::parse_config::<<E::Plugin as Plugin>::Config>(&config).map_err(invalid)?;
+        let config = cached_config::<<E::Plugin as Plugin>::Config>(&config).map_err(invalid)?;
         let request = request_from_wit(request).map_err(invalid)?;
         let offers = offers
             .into_iter()
@@ -128,8 +127,8 @@ impl<E: Exports> wit_plugin::Guest for E {
 }
 
 thread_local! {
-    /// The last configuration parsed in this instance: `meter` and `price`
-    /// of one request get the same document, so it is parsed once.
+    /// The last configuration parsed in this instance: `route`, `meter` and
+    /// `price` of one request get the same document, so it is parsed once.
     static CONFIG: std::cell::RefCell<Option<(String, std::rc::Rc<dyn std::any::Any>)>> =
         const { std::cell::RefCell::new(None) };
 }

@@ -42,9 +42,17 @@
 
 #[doc(hidden)]
 pub mod __guest;
+mod arena;
 pub mod log;
 pub mod money;
 pub mod testing;
+
+/// Each request runs in a fresh instance, so the heap is a bump arena (see
+/// `arena.rs`); the default `arena` feature turns it off for plugins that
+/// bring their own allocator.
+#[cfg(all(target_arch = "wasm32", feature = "arena"))]
+#[global_allocator]
+static ALLOCATOR: arena::Arena = arena::Arena::new();
 
 pub use tollgate_plugin_types::{
     BusinessUnit, Decimal, Endpoint, ModelOffer, OfferRef, Outcome, PeriodUsage, PluginInfo,

@@ -529,3 +529,30 @@ fn plugin_logging_is_bounded() {
             .all(|l| l.contains("request_id=flood") && l.len() < 1024 + 300)
     );
 }
+
+/// The SDK's heap is a bump arena that hands memory to the standard
+/// allocator once full. A plugin built with it that allocates twice the
+/// memory cap in short-lived blocks, and keeps a MiB alive across the arena's
+/// end, must still succeed with every block intact: freed memory is reused
+/// and no block overlaps another.
+#[tokio::test]
+async fn the_sdk_heap_reuses_freed_memory_and_keeps_live_blocks_intact() {
+    let (runtime, _) = support::runtime_with(RuntimeLimits {
+        deadline: Duration::from_secs(10),
+        ..RuntimeLimits::default()
+    });
+    let cap_mib = RuntimeLimits::default().memory_bytes >> 20;
+    let plugin = runtime.load(plugin_bytes("allocator")).await.unwrap();
+    let config = format!(r#"{{"churn_mib": {}, "hold_kib": 1024}}"#, 2 * cap_mib);
+    for request_id in ["a1", "a2"] {
+        let mut session = plugin.session(request_id).await.unwrap();
+        let decision = session
+            .route(&config, &request("demo-mini"), &offers())
+            .await
+            .unwrap();
+        match decision {
+            Ok(d) => assert_eq!(d.primary.model, "demo-mini"),
+            Err(rejection) => panic!("{request_id}: {}", rejection.message),
+        }
+    }
+}

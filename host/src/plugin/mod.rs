@@ -327,14 +327,15 @@ const DECOMMIT_BATCH: usize = 32;
 
 /// Bytes of each linear memory reset in place (copied back from the image or
 /// zeroed) instead of decommitted when a slot is reused, so the next
-/// instance takes no page faults on them. On Linux 6.7 and later wasmtime
-/// finds the resident pages with `PAGEMAP_SCAN` and this caps how many it
-/// keeps; older kernels `memset` the whole prefix. A Rust plugin's working
-/// set per request (the top of its shadow stack, the written data pages,
-/// the first heap pages) is 20-30 pages: at 64 KiB the pages past the
-/// sixteenth were decommitted and faulted in again on every request (six
-/// faults per instance, a third of the plugin path on a VM), at 256 KiB
-/// none are (`cargo bench -p tollgate --bench plugin_path`, BENCHMARKS.md).
+/// instance takes no page faults on them. With `PAGEMAP_SCAN` (Linux 6.7 and
+/// later, turned on below) wasmtime asks the kernel which pages the instance
+/// wrote and resets up to this many bytes of those, wherever they are; older
+/// kernels reset this prefix of the memory whole. A Rust plugin's working set
+/// per request (the top of its shadow stack, the written data pages, the SDK's
+/// heap arena) is 20-30 pages, and the example plugins start with at most
+/// this much memory (a test holds them to it), so on either kind of kernel no
+/// page is faulted in twice (`cargo bench -p tollgate --bench plugin_path`,
+/// BENCHMARKS.md).
 pub const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
 
 /// The largest initial linear memory of any core module in a component
@@ -360,6 +361,10 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 fn engine(limits: &RuntimeLimits) -> wasmtime::Result<Engine> {
     let mut pool = wasmtime::PoolingAllocationConfig::default();
     pool.decommit_batch_size(DECOMMIT_BATCH)
+        // Off by default in wasmtime 48: without it every reset copied or
+        // zeroed the whole resident prefix (192 KiB for the examples) even
+        // when a request wrote a tenth of it.
+        .pagemap_scan(wasmtime::Enabled::Auto)
         .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
         .table_keep_resident(TABLE_KEEP_RESIDENT)
         .total_component_instances(limits.max_instances)

@@ -19,6 +19,7 @@ pub const PLUGINS: &[&str] = &[
     "hostile",
     "imports-unknown",
     "imports-http",
+    "allocator",
 ];
 
 /// The repository root.
