@@ -72,7 +72,11 @@ impl Arena {
     /// Bump-allocates, or returns `None` when the arena has no room.
     fn bump(&self, layout: Layout) -> Option<*mut u8> {
         let base = self.base() as usize;
-        let start = (base + self.top.get()).checked_next_multiple_of(layout.align())? - base;
+        // `align` is a power of two: round up with a mask, not a division
+        // (a remainder is a slow instruction in Wasm and this runs on every
+        // allocation).
+        let mask = layout.align() - 1;
+        let start = ((base + self.top.get()).checked_add(mask)? & !mask) - base;
         let end = start.checked_add(layout.size())?;
         if end > ARENA_BYTES {
             return None;
