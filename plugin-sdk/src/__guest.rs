@@ -1,13 +1,15 @@
 //! Glue between the generated WIT bindings and [`Plugin`](crate::Plugin).
 //!
-//! The bindings are generated here and stay hidden: plugin authors see only
-//! the plain types of `tollgate-plugin-types`. Conversions parse every
-//! decimal the host sends with the strict wire grammar.
+//! The bindings (contract 0.2) are generated here and stay hidden: plugin
+//! authors see only the plain types of `tollgate-plugin-types`. Every
+//! decimal the host sends is checked as it is decoded. The host makes one
+//! `request-context` per request and instance, so the configuration and
+//! request summary are parsed and converted once for all three capabilities.
 #![allow(missing_docs)]
 
 use crate::Plugin;
 use crate::log::Level;
-use tollgate_plugin_types::{self as t, decimal};
+use tollgate_plugin_types as t;
 
 #[allow(
     unsafe_code,
@@ -15,7 +17,7 @@ use tollgate_plugin_types::{self as t, decimal};
 )]
 mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0.1",
+        path: "../wit/v0.2",
         world: "agency-plugin",
         pub_export_macro: true,
         export_macro_name: "__tollgate_export_agency_plugin",
@@ -28,7 +30,7 @@ use exports::tollgate::plugin::plugin as wit_plugin;
 use tollgate::plugin::types as w;
 
 /// The identity of an exported plugin, implemented by [`crate::export_plugin!`].
-pub trait Exports {
+pub trait Exports: 'static {
     /// The plugin implementation.
     type Plugin: Plugin;
     /// The crate name.
@@ -47,6 +49,8 @@ macro_rules! __tollgate_export_world {
 pub use crate::__tollgate_export_world as export_world;
 
 impl<E: Exports> wit_plugin::Guest for E {
+    type RequestContext = Context<E>;
+
     fn describe() -> w::PluginInfo {
         w::PluginInfo {
             name: E::NAME.into(),
@@ -59,28 +63,47 @@ impl<E: Exports> wit_plugin::Guest for E {
         let parsed = crate::parse_config::<<E::Plugin as Plugin>::Config>(&config)?;
         <E::Plugin as Plugin>::validate(&parsed)
     }
+}
 
-    fn route(
-        config: String,
-        request: w::RequestSummary,
-        offers: Vec<w::ModelOffer>,
-    ) -> Result<w::RouteDecision, w::Rejection> {
+/// One request's configuration and summary, decoded once. A constructor
+/// cannot fail, so a problem with either is kept and reported by every
+/// capability called on the context.
+pub struct Context<E: Exports> {
+    inputs: Result<(<E::Plugin as Plugin>::Config, t::RequestSummary), String>,
+}
+
+impl<E: Exports> Context<E> {
+    fn inputs(&self) -> Result<(&<E::Plugin as Plugin>::Config, &t::RequestSummary), String> {
+        match &self.inputs {
+            Ok((config, request)) => Ok((config, request)),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+impl<E: Exports> wit_plugin::GuestRequestContext for Context<E> {
+    fn new(config: String, request: w::RequestSummary) -> Self {
+        let inputs = crate::parse_config::<<E::Plugin as Plugin>::Config>(&config)
+            .and_then(|config| Ok((config, request_from_wit(request)?)));
+        Context { inputs }
+    }
+
+    fn route(&self, offers: Vec<w::ModelOffer>) -> Result<w::RouteDecision, w::Rejection> {
         let invalid = |message: String| w::Rejection {
             kind: w::RejectionKind::InvalidRequest,
             message,
         };
-        let config = cached_config::<<E::Plugin as Plugin>::Config>(&config).map_err(invalid)?;
-        let request = request_from_wit(request).map_err(invalid)?;
+        let (config, request) = self.inputs().map_err(invalid)?;
         let offers = offers
             .into_iter()
             .map(offer_from_wit)
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
-        match <E::Plugin as Plugin>::route(&config, &request, &offers) {
+        match <E::Plugin as Plugin>::route(config, request, &offers) {
             Ok(decision) => Ok(w::RouteDecision {
                 primary: ref_to_wit(decision.primary),
                 fallbacks: decision.fallbacks.into_iter().map(ref_to_wit).collect(),
-                surcharge_bound: decision.surcharge_bound.as_ref().map(decimal::format),
+                surcharge_bound: decision.surcharge_bound.as_ref().map(dec_to_wit),
             }),
             Err(rejection) => Err(w::Rejection {
                 kind: match rejection.kind {
@@ -93,67 +116,47 @@ impl<E: Exports> wit_plugin::Guest for E {
         }
     }
 
-    fn meter(
-        config: String,
-        request: w::RequestSummary,
-        usage: w::Usage,
-    ) -> Result<Vec<w::BusinessUnit>, String> {
-        let config = cached_config::<<E::Plugin as Plugin>::Config>(&config)?;
-        let request = request_from_wit(request)?;
+    fn meter(&self, usage: w::Usage) -> Result<Vec<w::BusinessUnit>, String> {
+        let (config, request) = self.inputs()?;
         let usage = usage_from_wit(usage)?;
-        let units = <E::Plugin as Plugin>::meter(&config, &request, &usage)?;
+        let units = <E::Plugin as Plugin>::meter(config, request, &usage)?;
         Ok(units.into_iter().map(unit_to_wit).collect())
     }
 
-    fn price(
-        config: String,
-        request: w::RequestSummary,
-        usage: w::Usage,
-        units: Vec<w::BusinessUnit>,
-    ) -> Result<w::PriceQuote, String> {
-        let config = cached_config::<<E::Plugin as Plugin>::Config>(&config)?;
-        let request = request_from_wit(request)?;
+    fn price(&self, usage: w::Usage, units: Vec<w::BusinessUnit>) -> Result<w::PriceQuote, String> {
+        let (config, request) = self.inputs()?;
         let usage = usage_from_wit(usage)?;
         let units = units
             .into_iter()
             .map(unit_from_wit)
             .collect::<Result<Vec<_>, _>>()?;
-        let quote = <E::Plugin as Plugin>::price(&config, &request, &usage, &units)?;
+        let quote = <E::Plugin as Plugin>::price(config, request, &usage, &units)?;
         Ok(w::PriceQuote {
-            surcharge: decimal::format(&quote.surcharge),
+            surcharge: dec_to_wit(&quote.surcharge),
             description: quote.description,
         })
     }
 }
 
-thread_local! {
-    /// The last configuration parsed in this instance: `route`, `meter` and
-    /// `price` of one request get the same document, so it is parsed once.
-    static CONFIG: std::cell::RefCell<Option<(String, std::rc::Rc<dyn std::any::Any>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn cached_config<C: serde::de::DeserializeOwned + 'static>(
-    text: &str,
-) -> Result<std::rc::Rc<C>, String> {
-    let hit = CONFIG.with(|cache| {
-        cache
-            .borrow()
-            .as_ref()
-            .filter(|(cached, _)| cached == text)
-            .and_then(|(_, value)| value.clone().downcast::<C>().ok())
-    });
-    if let Some(config) = hit {
-        return Ok(config);
+/// The 0.2 wire form of a decimal: `rust_decimal`'s own parts.
+fn dec_to_wit(d: &t::Decimal) -> w::Decimal {
+    let p = t::decimal::to_parts(d);
+    w::Decimal {
+        mantissa_low: p.mantissa_low,
+        mantissa_high: p.mantissa_high,
+        scale: p.scale,
+        negative: p.negative,
     }
-    let parsed = std::rc::Rc::new(crate::parse_config::<C>(text)?);
-    let erased: std::rc::Rc<dyn std::any::Any> = parsed.clone();
-    CONFIG.with(|cache| *cache.borrow_mut() = Some((text.to_owned(), erased)));
-    Ok(parsed)
 }
 
-fn dec(field: &str, text: &str) -> Result<t::Decimal, String> {
-    decimal::parse(text).map_err(|e| format!("host sent an invalid {field}: {e}"))
+fn dec(field: &str, d: &w::Decimal) -> Result<t::Decimal, String> {
+    t::decimal::from_parts(t::decimal::Parts {
+        mantissa_low: d.mantissa_low,
+        mantissa_high: d.mantissa_high,
+        scale: d.scale,
+        negative: d.negative,
+    })
+    .map_err(|e| format!("host sent an invalid {field}: {e}"))
 }
 
 fn request_from_wit(r: w::RequestSummary) -> Result<t::RequestSummary, String> {
@@ -232,7 +235,7 @@ fn usage_from_wit(u: w::Usage) -> Result<t::Usage, String> {
 
 fn unit_to_wit(u: t::BusinessUnit) -> w::BusinessUnit {
     w::BusinessUnit {
-        quantity: decimal::format(&u.quantity),
+        quantity: dec_to_wit(&u.quantity),
         name: u.name,
     }
 }

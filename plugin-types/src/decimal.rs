@@ -1,7 +1,8 @@
-//! The exact decimal text encoding used for money across the WIT boundary.
+//! The exact decimal encodings used for money across the WIT boundary.
 //!
-//! WIT has no decimal type, and floats would lose cents, so amounts cross as
-//! text with a strict grammar: an optional `-`, 1 to 28 digits, optionally a
+//! WIT has no decimal type, and floats would lose cents. Contract 0.2 sends
+//! `rust_decimal`'s own parts ([`Parts`]: a 96-bit mantissa and a scale).
+//! Contract 0.1, and JSON everywhere, use text with a strict grammar: an optional `-`, 1 to 28 digits, optionally a
 //! `.` and 1 to 28 more digits, at most 28 significant digits in all. Parsing
 //! is strict on purpose: an exponent, a `+`, whitespace or `NaN` from a
 //! plugin is a bug to surface, not something to guess at.
@@ -26,6 +27,50 @@ pub enum DecimalError {
     /// The value has more significant digits than `rust_decimal` holds.
     #[error("`{0}` has more than 28 significant digits")]
     Precision(String),
+    /// A binary decimal's scale is beyond what `rust_decimal` holds.
+    #[error("scale {0} is above 28")]
+    Scale(u8),
+}
+
+/// A decimal as contract 0.2 carries it: `(-1)^negative × mantissa ×
+/// 10^-scale`, with `mantissa = mantissa_high × 2^64 + mantissa_low`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// The low 64 bits of the mantissa.
+    pub mantissa_low: u64,
+    /// The high 32 bits of the mantissa.
+    pub mantissa_high: u32,
+    /// Digits after the decimal point, 0 to 28.
+    pub scale: u8,
+    /// Whether the amount is below zero.
+    pub negative: bool,
+}
+
+/// Splits a `Decimal` into its wire parts (exact, and it keeps the scale).
+pub fn to_parts(value: &Decimal) -> Parts {
+    let mantissa = value.mantissa().unsigned_abs();
+    Parts {
+        // The two truncations pick the halves of a 96-bit value.
+        mantissa_low: mantissa as u64,
+        mantissa_high: (mantissa >> 64) as u32,
+        // A `Decimal`'s scale is at most 28.
+        scale: u8::try_from(value.scale()).unwrap_or(u8::MAX),
+        negative: value.is_sign_negative(),
+    }
+}
+
+/// Rebuilds a `Decimal` from wire parts, refusing a scale above 28.
+pub fn from_parts(parts: Parts) -> Result<Decimal, DecimalError> {
+    if u32::from(parts.scale) > Decimal::MAX_SCALE {
+        return Err(DecimalError::Scale(parts.scale));
+    }
+    Ok(Decimal::from_parts(
+        parts.mantissa_low as u32,
+        (parts.mantissa_low >> 32) as u32,
+        parts.mantissa_high,
+        parts.negative,
+        u32::from(parts.scale),
+    ))
 }
 
 /// Parses the wire text into a `Decimal`, refusing anything outside the grammar.
@@ -166,6 +211,19 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// Every decimal survives its parts both ways, scale included.
+        #[test]
+        fn parts_round_trip(
+            lo in any::<u32>(), mid in any::<u32>(), hi in any::<u32>(),
+            negative in any::<bool>(), scale in 0u32..=28,
+        ) {
+            let d = Decimal::from_parts(lo, mid, hi, negative, scale);
+            let back = from_parts(to_parts(&d)).unwrap();
+            prop_assert_eq!(back, d);
+            prop_assert_eq!(back.scale(), d.scale());
+            prop_assert_eq!(format(&back), format(&d));
+        }
+
         #[test]
         fn format_matches_display(lo: u32, mid: u32, hi: u32, negative: bool, scale in 0u32..=28) {
             let d = Decimal::from_parts(lo, mid, hi, negative, scale);

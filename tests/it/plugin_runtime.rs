@@ -55,14 +55,14 @@ async fn example_plugins_load_and_describe_themselves() {
         let plugin = runtime.load(bytes.clone()).await.unwrap();
         assert_eq!(plugin.info().name, name);
         assert!(!plugin.info().description.is_empty());
-        assert_eq!(plugin.world(), WorldVersion::V0_1);
+        assert_eq!(plugin.world(), WorldVersion::V0_2);
         assert_eq!(plugin.hash(), ContentHash::of(&bytes));
         assert_eq!(plugin.size(), bytes.len());
         assert!(
             plugin
                 .exports()
                 .iter()
-                .any(|e| e == "tollgate:plugin/plugin@0.1.0")
+                .any(|e| e == "tollgate:plugin/plugin@0.2.0")
         );
     }
 }
@@ -555,4 +555,68 @@ async fn the_sdk_heap_reuses_freed_memory_and_keeps_live_blocks_intact() {
             Err(rejection) => panic!("{request_id}: {}", rejection.message),
         }
     }
+}
+
+/// Plugins built against contract 0.1 (decimals as text, configuration and
+/// request passed to every call) keep working beside the SDK's 0.2: the
+/// hostile test plugin is a raw 0.1 component, and in `ok` mode it routes,
+/// meters and prices like any other.
+#[tokio::test]
+async fn a_v0_1_plugin_still_routes_meters_and_prices() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    assert_eq!(plugin.world(), WorldVersion::V0_1);
+    let req = request("demo-mini");
+    let mut session = plugin.session("v01").await.unwrap();
+    let decision = session.route("ok", &req, &offers()).await.unwrap().unwrap();
+    assert_eq!(decision.primary.model, "demo-mini");
+    let (units, quote) = session
+        .meter_and_price("ok", &req, &usage(&decision), "1".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(units.len(), 1);
+    assert_eq!(units[0].name, "request");
+    assert_eq!(units[0].quantity, "1".parse().unwrap());
+    assert_eq!(quote.surcharge, "0.01".parse().unwrap());
+    assert_eq!(quote.surcharge.scale(), 2);
+}
+
+/// A 0.2 session builds its `request-context` from the first call's
+/// configuration and request and reuses it only while both stay the same:
+/// a call with another configuration is priced with that configuration.
+#[tokio::test]
+async fn a_v0_2_session_rebuilds_its_context_when_the_config_changes() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("support-desk")).await.unwrap();
+    let config = |fee: &str| {
+        format!(
+            r#"{{"ticket_fee": "{fee}", "margin_percent": "0", "cheap_model": "demo-mini", "strong_model": "demo-pro"}}"#
+        )
+    };
+    let mut req = request("demo-pro");
+    req.tags.insert("ticket".into(), "T-1".into());
+    let bound: tollgate_plugin_types::Decimal = "100".parse().unwrap();
+    let mut session = plugin.session("ctx").await.unwrap();
+    let decision = session
+        .route(&config("0.05"), &req, &offers())
+        .await
+        .unwrap()
+        .unwrap();
+    let usage = usage(&decision);
+    let units = session.meter(&config("0.05"), &req, &usage).await.unwrap();
+    let first = session
+        .price(&config("0.05"), &req, &usage, &units, bound)
+        .await
+        .unwrap();
+    let second = session
+        .price(&config("0.25"), &req, &usage, &units, bound)
+        .await
+        .unwrap();
+    assert_eq!(second.surcharge - first.surcharge, "0.20".parse().unwrap());
+    // Back to the first configuration: the first quote again.
+    let third = session
+        .price(&config("0.05"), &req, &usage, &units, bound)
+        .await
+        .unwrap();
+    assert_eq!(third, first);
 }

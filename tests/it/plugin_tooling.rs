@@ -30,9 +30,9 @@ fn check_prints_world_exports_imports_size_and_compile_time() {
     for expected in [
         "is a valid Tollgate plugin",
         "support-desk 1.0.0",
-        "world      tollgate:plugin@0.1",
-        "exports    tollgate:plugin/plugin@0.1.0",
-        "tollgate:plugin/types@0.1.0",
+        "world      tollgate:plugin@0.2",
+        "exports    tollgate:plugin/plugin@0.2.0",
+        "tollgate:plugin/types@0.2.0",
         "compile ",
     ] {
         assert!(

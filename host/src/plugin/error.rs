@@ -31,7 +31,7 @@ pub enum LoadError {
     UnsupportedImport(String),
     /// It does not export a supported plugin interface.
     #[error(
-        "component does not export `tollgate:plugin/plugin@0.1.x` (it exports: {exports}); implement the plugin with tollgate-plugin-sdk"
+        "component does not export `tollgate:plugin/plugin@0.2.x` or `@0.1.x` (it exports: {exports}); implement the plugin with tollgate-plugin-sdk"
     )]
     MissingExport {
         /// What it does export.

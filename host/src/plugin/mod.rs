@@ -32,8 +32,7 @@ use tollgate_plugin_types::{
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store, Trap};
 
-use bindings::v0_1;
-use bindings::v0_1::tollgate::plugin::types as wit;
+use bindings::{v0_1, v0_2};
 use convert::WireSize;
 pub use error::{LoadError, PluginError};
 pub use metrics::{PluginMetrics, PluginStats};
@@ -225,9 +224,10 @@ impl PluginRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
+        let incompatible = |e: wasmtime::Error| LoadError::Incompatible(format!("{e:#}"));
         let pre = match world {
-            WorldVersion::V0_1 => v0_1::AgencyPluginPre::new(pre)
-                .map_err(|e| LoadError::Incompatible(format!("{e:#}")))?,
+            WorldVersion::V0_1 => Pre::V0_1(v0_1::AgencyPluginPre::new(pre).map_err(incompatible)?),
+            WorldVersion::V0_2 => Pre::V0_2(v0_2::AgencyPluginPre::new(pre).map_err(incompatible)?),
         };
         Ok(CompiledPlugin {
             hash,
@@ -413,21 +413,286 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), Runti
 /// Which version of the contract a component implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorldVersion {
-    /// `tollgate:plugin@0.1.x`.
+    /// `tollgate:plugin@0.1.x`: decimals as text, the configuration and
+    /// request passed to every capability.
     V0_1,
+    /// `tollgate:plugin@0.2.x`: binary decimals, a per-request
+    /// `request-context`. What the SDK builds.
+    V0_2,
 }
 
 impl WorldVersion {
     fn from_export(name: &str) -> Option<Self> {
-        name.strip_prefix("tollgate:plugin/plugin@0.1.")
-            .map(|_| WorldVersion::V0_1)
+        if name.starts_with("tollgate:plugin/plugin@0.1.") {
+            Some(WorldVersion::V0_1)
+        } else if name.starts_with("tollgate:plugin/plugin@0.2.") {
+            Some(WorldVersion::V0_2)
+        } else {
+            None
+        }
     }
 
-    /// The package version, e.g. `0.1`.
+    /// The package version, e.g. `tollgate:plugin@0.2`.
     pub fn as_str(&self) -> &'static str {
         match self {
             WorldVersion::V0_1 => "tollgate:plugin@0.1",
+            WorldVersion::V0_2 => "tollgate:plugin@0.2",
         }
+    }
+}
+
+/// A component's pre-linked instantiation, by contract version.
+enum Pre {
+    V0_1(v0_1::AgencyPluginPre<StoreState>),
+    V0_2(v0_2::AgencyPluginPre<StoreState>),
+}
+
+impl Pre {
+    async fn instantiate(&self, store: &mut Store<StoreState>) -> wasmtime::Result<Guest> {
+        Ok(match self {
+            Pre::V0_1(pre) => Guest::V0_1(pre.instantiate_async(store).await?),
+            Pre::V0_2(pre) => Guest::V0_2 {
+                plugin: pre.instantiate_async(store).await?,
+                context: None,
+            },
+        })
+    }
+}
+
+/// An instantiated plugin, by contract version. Each method converts the
+/// plain inputs into the version's bindings, calls, and converts the output
+/// back, measuring it first for the output cap.
+enum Guest {
+    V0_1(v0_1::AgencyPlugin),
+    V0_2 {
+        plugin: v0_2::AgencyPlugin,
+        context: Option<Box<RequestContext>>,
+    },
+}
+
+/// A 0.2 plugin's `request-context` and what it was made from: capabilities
+/// called with the same configuration and request reuse it.
+struct RequestContext {
+    handle: wasmtime::component::ResourceAny,
+    config: String,
+    request: RequestSummary,
+}
+
+/// A call's output: its size on the wire (for the output cap) and its value
+/// in plain types, or why the plugin's output was invalid.
+struct Out<T> {
+    size: usize,
+    value: Result<T, PluginError>,
+}
+
+impl<T> WireSize for Out<T> {
+    fn wire_size(&self) -> usize {
+        self.size
+    }
+}
+
+/// `result<T, string>` from `meter`/`price`: the plugin's own error is
+/// reported as is, the value is converted.
+fn reported<W, T>(
+    raw: Result<W, String>,
+    convert: impl FnOnce(W) -> Result<T, PluginError>,
+) -> Result<Result<T, String>, PluginError> {
+    match raw {
+        Ok(value) => convert(value).map(Ok),
+        Err(message) => Ok(Err(message)),
+    }
+}
+
+impl Guest {
+    async fn describe(&self, store: &mut Store<StoreState>) -> wasmtime::Result<Out<PluginInfo>> {
+        Ok(match self {
+            Guest::V0_1(p) => {
+                let raw = p.tollgate_plugin_plugin().call_describe(store).await?;
+                Out {
+                    size: raw.wire_size(),
+                    value: Ok(convert::v0_1::info_out(raw)),
+                }
+            }
+            Guest::V0_2 { plugin, .. } => {
+                let raw = plugin.tollgate_plugin_plugin().call_describe(store).await?;
+                Out {
+                    size: raw.wire_size(),
+                    value: Ok(convert::v0_2::info_out(raw)),
+                }
+            }
+        })
+    }
+
+    async fn validate_config(
+        &self,
+        store: &mut Store<StoreState>,
+        config: &str,
+    ) -> wasmtime::Result<Out<Result<(), String>>> {
+        let raw = match self {
+            Guest::V0_1(p) => {
+                p.tollgate_plugin_plugin()
+                    .call_validate_config(store, config)
+                    .await?
+            }
+            Guest::V0_2 { plugin, .. } => {
+                plugin
+                    .tollgate_plugin_plugin()
+                    .call_validate_config(store, config)
+                    .await?
+            }
+        };
+        Ok(Out {
+            size: raw.wire_size(),
+            value: Ok(raw),
+        })
+    }
+
+    /// The 0.2 context for `config` and `request`, made on first use.
+    async fn context(
+        plugin: &v0_2::AgencyPlugin,
+        context: &mut Option<Box<RequestContext>>,
+        store: &mut Store<StoreState>,
+        config: &str,
+        request: &RequestSummary,
+    ) -> wasmtime::Result<wasmtime::component::ResourceAny> {
+        if let Some(c) = context
+            && c.config == config
+            && c.request == *request
+        {
+            return Ok(c.handle);
+        }
+        let handle = plugin
+            .tollgate_plugin_plugin()
+            .request_context()
+            .call_constructor(store, config, &convert::v0_2::request(request))
+            .await?;
+        *context = Some(Box::new(RequestContext {
+            handle,
+            config: config.to_owned(),
+            request: request.clone(),
+        }));
+        Ok(handle)
+    }
+
+    async fn route(
+        &mut self,
+        store: &mut Store<StoreState>,
+        config: &str,
+        request: &RequestSummary,
+        offers: &[ModelOffer],
+    ) -> wasmtime::Result<Out<Result<RouteDecision, Rejection>>> {
+        Ok(match self {
+            Guest::V0_1(p) => {
+                let raw = p
+                    .tollgate_plugin_plugin()
+                    .call_route(
+                        store,
+                        config,
+                        &convert::v0_1::request(request),
+                        &convert::v0_1::offers(offers),
+                    )
+                    .await?;
+                Out {
+                    size: raw.wire_size(),
+                    value: convert::v0_1::route_out(raw),
+                }
+            }
+            Guest::V0_2 { plugin, context } => {
+                let handle = Self::context(plugin, context, store, config, request).await?;
+                let raw = plugin
+                    .tollgate_plugin_plugin()
+                    .request_context()
+                    .call_route(store, handle, &convert::v0_2::offers(offers))
+                    .await?;
+                Out {
+                    size: raw.wire_size(),
+                    value: convert::v0_2::route_out(raw),
+                }
+            }
+        })
+    }
+
+    async fn meter(
+        &mut self,
+        store: &mut Store<StoreState>,
+        config: &str,
+        request: &RequestSummary,
+        usage: &Usage,
+    ) -> wasmtime::Result<Out<Result<Vec<BusinessUnit>, String>>> {
+        Ok(match self {
+            Guest::V0_1(p) => {
+                let raw = p
+                    .tollgate_plugin_plugin()
+                    .call_meter(
+                        store,
+                        config,
+                        &convert::v0_1::request(request),
+                        &convert::v0_1::usage(usage),
+                    )
+                    .await?;
+                Out {
+                    size: raw.wire_size(),
+                    value: reported(raw, convert::v0_1::units_out),
+                }
+            }
+            Guest::V0_2 { plugin, context } => {
+                let handle = Self::context(plugin, context, store, config, request).await?;
+                let raw = plugin
+                    .tollgate_plugin_plugin()
+                    .request_context()
+                    .call_meter(store, handle, &convert::v0_2::usage(usage))
+                    .await?;
+                Out {
+                    size: raw.wire_size(),
+                    value: reported(raw, convert::v0_2::units_out),
+                }
+            }
+        })
+    }
+
+    async fn price(
+        &mut self,
+        store: &mut Store<StoreState>,
+        config: &str,
+        request: &RequestSummary,
+        usage: &Usage,
+        units: &[BusinessUnit],
+    ) -> wasmtime::Result<Out<Result<PriceQuote, String>>> {
+        Ok(match self {
+            Guest::V0_1(p) => {
+                let raw = p
+                    .tollgate_plugin_plugin()
+                    .call_price(
+                        store,
+                        config,
+                        &convert::v0_1::request(request),
+                        &convert::v0_1::usage(usage),
+                        &convert::v0_1::units(units),
+                    )
+                    .await?;
+                Out {
+                    size: raw.wire_size(),
+                    value: reported(raw, convert::v0_1::quote_out),
+                }
+            }
+            Guest::V0_2 { plugin, context } => {
+                let handle = Self::context(plugin, context, store, config, request).await?;
+                let raw = plugin
+                    .tollgate_plugin_plugin()
+                    .request_context()
+                    .call_price(
+                        store,
+                        handle,
+                        &convert::v0_2::usage(usage),
+                        &convert::v0_2::units(units),
+                    )
+                    .await?;
+                Out {
+                    size: raw.wire_size(),
+                    value: reported(raw, convert::v0_2::quote_out),
+                }
+            }
+        })
     }
 }
 
@@ -468,7 +733,7 @@ pub struct CompiledPlugin {
     world: WorldVersion,
     imports: Vec<String>,
     exports: Vec<String>,
-    pre: v0_1::AgencyPluginPre<StoreState>,
+    pre: Pre,
     info: PluginInfo,
     shared: Arc<Shared>,
     stats: Arc<PluginStats>,
@@ -580,8 +845,8 @@ impl CompiledPlugin {
                 .set_fuel(u64::MAX)
                 .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
         }
-        let instance = match self.pre.instantiate_async(&mut store).await {
-            Ok(instance) => instance,
+        let guest = match self.pre.instantiate(&mut store).await {
+            Ok(guest) => guest,
             Err(e) => {
                 let error = classify(e, &store, deadline, limits.memory_bytes);
                 stats.record(Duration::ZERO, true);
@@ -591,7 +856,7 @@ impl CompiledPlugin {
         };
         Ok(Session {
             store,
-            instance,
+            guest,
             deadline,
             series: self.series.clone(),
             shared: self.shared.clone(),
@@ -626,7 +891,7 @@ fn deadline_ticks(deadline: Duration) -> u64 {
 /// One plugin instance serving one request. Drop it when done.
 pub struct Session {
     store: Store<StoreState>,
-    instance: v0_1::AgencyPlugin,
+    guest: Guest,
     deadline: Duration,
     series: Arc<metrics::PluginSeries>,
     shared: Arc<Shared>,
@@ -715,12 +980,12 @@ impl Session {
     async fn describe(&mut self) -> Result<PluginInfo, PluginError> {
         let started = self.begin(0)?;
         let hard = self.hard_deadline();
-        let call = self
-            .instance
-            .tollgate_plugin_plugin()
-            .call_describe(&mut self.store);
+        let call = self.guest.describe(&mut self.store);
         let result = tokio::time::timeout(hard, call).await;
-        let info = convert::info_out(self.finish(Capability::Describe, started, result)?);
+        let out = self.finish(Capability::Describe, started, result)?;
+        let info = out
+            .value
+            .map_err(|e| self.reject_output(Capability::Describe, e))?;
         if info.name.is_empty() || info.name.len() > 64 || info.version.len() > 64 {
             return Err(self.reject_output(
                 Capability::Describe,
@@ -737,17 +1002,11 @@ impl Session {
     ) -> Result<Result<(), String>, PluginError> {
         let started = self.begin(config.wire_size())?;
         let hard = self.hard_deadline();
-        let call = self
-            .instance
-            .tollgate_plugin_plugin()
-            .call_validate_config(&mut self.store, config);
+        let call = self.guest.validate_config(&mut self.store, config);
         let result = tokio::time::timeout(hard, call).await;
-        let verdict = self.finish(
-            Capability::ValidateConfig,
-            started,
-            result.map(|r| r.map(Msg)),
-        )?;
-        Ok(verdict.0)
+        let out = self.finish(Capability::ValidateConfig, started, result)?;
+        out.value
+            .map_err(|e| self.reject_output(Capability::ValidateConfig, e))
     }
 
     /// `route`, with the decision checked against `offers`.
@@ -757,21 +1016,14 @@ impl Session {
         request: &RequestSummary,
         offers: &[ModelOffer],
     ) -> Result<Result<RouteDecision, Rejection>, PluginError> {
-        let request = convert::request(request);
-        let wit_offers: Vec<_> = offers.iter().map(convert::offer).collect();
-        let started =
-            self.begin(config.wire_size() + request.wire_size() + wit_offers.wire_size())?;
+        let started = self.begin(config.wire_size() + request.wire_size() + offers.wire_size())?;
         let hard = self.hard_deadline();
-        let call = self.instance.tollgate_plugin_plugin().call_route(
-            &mut self.store,
-            config,
-            &request,
-            &wit_offers,
-        );
+        let call = self.guest.route(&mut self.store, config, request, offers);
         let result = tokio::time::timeout(hard, call).await;
-        let raw = self.finish(Capability::Route, started, result)?;
-        let routed =
-            convert::route_out(raw).map_err(|e| self.reject_output(Capability::Route, e))?;
+        let out = self.finish(Capability::Route, started, result)?;
+        let routed = out
+            .value
+            .map_err(|e| self.reject_output(Capability::Route, e))?;
         let checked = match &routed {
             Ok(decision) => validate::check_route(decision, offers),
             Err(rejection) => validate::check_rejection(rejection),
@@ -789,9 +1041,19 @@ impl Session {
         request: &RequestSummary,
         usage: &Usage,
     ) -> Result<Vec<BusinessUnit>, PluginError> {
-        let request = convert::request(request);
-        let usage = convert::usage(usage);
-        self.meter_converted(config, &request, &usage).await
+        let started = self.begin(config.wire_size() + request.wire_size() + usage.wire_size())?;
+        let hard = self.hard_deadline();
+        let call = self.guest.meter(&mut self.store, config, request, usage);
+        let result = tokio::time::timeout(hard, call).await;
+        let out = self.finish(Capability::Meter, started, result)?;
+        let units = out
+            .value
+            .map_err(|e| self.reject_output(Capability::Meter, e))?
+            .map_err(PluginError::Reported)?;
+        validate::check_units(&units).map_err(|e| {
+            self.reject_output(Capability::Meter, PluginError::InvalidOutput(e.to_string()))
+        })?;
+        Ok(units)
     }
 
     /// `price`, with the quote held to `bound`.
@@ -803,15 +1065,28 @@ impl Session {
         units: &[BusinessUnit],
         bound: Decimal,
     ) -> Result<PriceQuote, PluginError> {
-        let request = convert::request(request);
-        let usage = convert::usage(usage);
-        self.price_converted(config, &request, &usage, units, bound)
-            .await
+        let started = self.begin(
+            config.wire_size() + request.wire_size() + usage.wire_size() + units.wire_size(),
+        )?;
+        let hard = self.hard_deadline();
+        let call = self
+            .guest
+            .price(&mut self.store, config, request, usage, units);
+        let result = tokio::time::timeout(hard, call).await;
+        let out = self.finish(Capability::Price, started, result)?;
+        let quote = out
+            .value
+            .map_err(|e| self.reject_output(Capability::Price, e))?
+            .map_err(PluginError::Reported)?;
+        validate::check_quote(&quote, bound).map_err(|e| {
+            self.reject_output(Capability::Price, PluginError::InvalidOutput(e.to_string()))
+        })?;
+        Ok(quote)
     }
 
     /// `meter`, then `price` on its units: what the gateway does once a
-    /// request is served. The request and usage cross into binding types
-    /// once for both calls.
+    /// request is served. A 0.2 plugin gets the configuration and request
+    /// once, in one `request-context`, for both calls.
     pub async fn meter_and_price(
         &mut self,
         config: &str,
@@ -819,102 +1094,9 @@ impl Session {
         usage: &Usage,
         bound: Decimal,
     ) -> Result<(Vec<BusinessUnit>, PriceQuote), PluginError> {
-        let request = convert::request(request);
-        let usage = convert::usage(usage);
-        let units = self.meter_converted(config, &request, &usage).await?;
-        let quote = self
-            .price_converted(config, &request, &usage, &units, bound)
-            .await?;
+        let units = self.meter(config, request, usage).await?;
+        let quote = self.price(config, request, usage, &units, bound).await?;
         Ok((units, quote))
-    }
-
-    async fn meter_converted(
-        &mut self,
-        config: &str,
-        request: &wit::RequestSummary,
-        usage: &wit::Usage,
-    ) -> Result<Vec<BusinessUnit>, PluginError> {
-        let started = self.begin(config.wire_size() + request.wire_size() + usage.wire_size())?;
-        let hard = self.hard_deadline();
-        let call = self.instance.tollgate_plugin_plugin().call_meter(
-            &mut self.store,
-            config,
-            request,
-            usage,
-        );
-        let result = tokio::time::timeout(hard, call).await;
-        let raw = self
-            .finish(
-                Capability::Meter,
-                started,
-                result.map(|r| r.map(ReportedOr)),
-            )?
-            .0
-            .map_err(PluginError::Reported)?;
-        let units =
-            convert::units_out(raw).map_err(|e| self.reject_output(Capability::Meter, e))?;
-        validate::check_units(&units).map_err(|e| {
-            self.reject_output(Capability::Meter, PluginError::InvalidOutput(e.to_string()))
-        })?;
-        Ok(units)
-    }
-
-    async fn price_converted(
-        &mut self,
-        config: &str,
-        request: &wit::RequestSummary,
-        usage: &wit::Usage,
-        units: &[BusinessUnit],
-        bound: Decimal,
-    ) -> Result<PriceQuote, PluginError> {
-        let units: Vec<_> = units.iter().map(convert::unit_in).collect();
-        let started = self.begin(
-            config.wire_size() + request.wire_size() + usage.wire_size() + units.wire_size(),
-        )?;
-        let hard = self.hard_deadline();
-        let call = self.instance.tollgate_plugin_plugin().call_price(
-            &mut self.store,
-            config,
-            request,
-            usage,
-            &units,
-        );
-        let result = tokio::time::timeout(hard, call).await;
-        let raw = self
-            .finish(
-                Capability::Price,
-                started,
-                result.map(|r| r.map(ReportedOr)),
-            )?
-            .0
-            .map_err(PluginError::Reported)?;
-        let quote =
-            convert::quote_out(raw).map_err(|e| self.reject_output(Capability::Price, e))?;
-        validate::check_quote(&quote, bound).map_err(|e| {
-            self.reject_output(Capability::Price, PluginError::InvalidOutput(e.to_string()))
-        })?;
-        Ok(quote)
-    }
-}
-
-/// A `result<_, string>` whose size counts toward the output cap.
-struct Msg(Result<(), String>);
-
-impl WireSize for Msg {
-    fn wire_size(&self) -> usize {
-        self.0.as_ref().err().map_or(0, |m| m.wire_size())
-    }
-}
-
-/// A `result<T, string>` from `meter`/`price`, sized for the output cap.
-struct ReportedOr<T>(Result<T, String>);
-
-impl<T: WireSize> WireSize for ReportedOr<T> {
-    fn wire_size(&self) -> usize {
-        match &self.0 {
-            Ok(v) => v.wire_size(),
-            Err(m) => m.wire_size(),
-        }
     }
 }
 

@@ -13,12 +13,14 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::v0_1;
+use super::bindings::{v0_1, v0_2};
 
 /// Import name prefixes a plugin may use; anything else is refused at load.
 pub const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
     "tollgate:plugin/log@0.1.",
     "tollgate:plugin/types@0.1.",
+    "tollgate:plugin/log@0.2.",
+    "tollgate:plugin/types@0.2.",
     "wasi:cli/",
     "wasi:clocks/",
     "wasi:io/",
@@ -103,9 +105,9 @@ impl WasiView for StoreState {
     }
 }
 
-impl v0_1::tollgate::plugin::log::Host for StoreState {
-    fn log(&mut self, level: v0_1::tollgate::plugin::log::Level, message: String) {
-        use v0_1::tollgate::plugin::log::Level;
+impl StoreState {
+    /// One line from the plugin's `log` import, within the per-call bounds.
+    fn plugin_log(&mut self, level: tracing::Level, message: String) {
         if self.log.lines >= MAX_LOG_LINES {
             self.log.dropped += 1;
             return;
@@ -132,17 +134,40 @@ impl v0_1::tollgate::plugin::log::Host for StoreState {
                 )
             };
         }
+        // `event!` needs its level as a constant.
         match level {
-            Level::Trace => emit!(tracing::Level::TRACE),
-            Level::Debug => emit!(tracing::Level::DEBUG),
-            Level::Info => emit!(tracing::Level::INFO),
-            Level::Warn => emit!(tracing::Level::WARN),
-            Level::Error => emit!(tracing::Level::ERROR),
+            tracing::Level::TRACE => emit!(tracing::Level::TRACE),
+            tracing::Level::DEBUG => emit!(tracing::Level::DEBUG),
+            tracing::Level::INFO => emit!(tracing::Level::INFO),
+            tracing::Level::WARN => emit!(tracing::Level::WARN),
+            _ => emit!(tracing::Level::ERROR),
         }
     }
 }
 
-impl v0_1::tollgate::plugin::types::Host for StoreState {}
+/// The `log` import of each contract version (the same interface).
+macro_rules! log_host {
+    ($version:ident) => {
+        impl $version::tollgate::plugin::log::Host for StoreState {
+            fn log(&mut self, level: $version::tollgate::plugin::log::Level, message: String) {
+                use $version::tollgate::plugin::log::Level;
+                let level = match level {
+                    Level::Trace => tracing::Level::TRACE,
+                    Level::Debug => tracing::Level::DEBUG,
+                    Level::Info => tracing::Level::INFO,
+                    Level::Warn => tracing::Level::WARN,
+                    Level::Error => tracing::Level::ERROR,
+                };
+                self.plugin_log(level, message);
+            }
+        }
+
+        impl $version::tollgate::plugin::types::Host for StoreState {}
+    };
+}
+
+log_host!(v0_1);
+log_host!(v0_2);
 
 /// Caps the total linear memory of one instance and records its peak.
 pub struct MemoryLimiter {
@@ -252,6 +277,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<StoreState>>
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     v0_1::AgencyPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    v0_2::AgencyPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
     forbid_clock_waits(&mut linker)?;
     Ok(linker)
 }
