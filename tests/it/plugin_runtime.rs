@@ -126,7 +126,16 @@ async fn run_hostile(
     runtime: &tollgate::plugin::PluginRuntime,
     config: &str,
 ) -> Option<(&'static str, PluginError)> {
-    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    run_hostile_plugin(runtime, "hostile", config).await
+}
+
+/// [`run_hostile`] with the plugin package to load.
+async fn run_hostile_plugin(
+    runtime: &tollgate::plugin::PluginRuntime,
+    package: &str,
+    config: &str,
+) -> Option<(&'static str, PluginError)> {
+    let plugin = runtime.load(plugin_bytes(package)).await.unwrap();
     let req = request("demo-mini");
     let mut session = plugin.session("hostile").await.unwrap();
     let decision = match session.route(config, &req, &offers()).await {
@@ -172,6 +181,52 @@ async fn hostile_behaviour_becomes_a_typed_error_and_the_host_keeps_serving() {
     }
     // The honest path of the same plugin still works after all that.
     assert!(run_hostile(&runtime, "ok").await.is_none());
+}
+
+/// The same misbehaviours from a contract-0.2 plugin (raw bindings, not the
+/// SDK), plus misbehaving in the `request-context` constructor, which runs
+/// inside the first capability called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_v0_2_plugin_gets_the_same_typed_errors() {
+    let (runtime, _) = support::runtime();
+    let deadline = runtime.limits().deadline;
+    let plugin = runtime.load(plugin_bytes("hostile-v2")).await.unwrap();
+    assert_eq!(plugin.world(), WorldVersion::V0_2);
+    let cases = HOSTILE_CASES.iter().copied().chain([
+        ("panic@context", "route", "trap"),
+        ("spin@context", "route", "timeout"),
+    ]);
+    for (config, capability, kind) in cases {
+        let started = Instant::now();
+        let failure = run_hostile_plugin(&runtime, "hostile-v2", config).await;
+        let elapsed = started.elapsed();
+        let (failed_at, error) = failure.unwrap_or_else(|| panic!("{config}: no failure"));
+        assert_eq!(
+            (failed_at, error.kind()),
+            (capability, kind),
+            "{config}: {error}"
+        );
+        assert!(
+            elapsed < deadline * 3 + MARGIN,
+            "{config} took {elapsed:?} to fail (deadline {deadline:?})"
+        );
+    }
+    // A scale above 28 is named as such.
+    let (_, error) = run_hostile_plugin(&runtime, "hostile-v2", "malformed-surcharge@price")
+        .await
+        .unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("price-quote.surcharge: scale 29 is above 28"),
+        "{error}"
+    );
+    assert!(
+        run_hostile_plugin(&runtime, "hostile-v2", "ok")
+            .await
+            .is_none()
+    );
+    honest_call_still_works(&runtime).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

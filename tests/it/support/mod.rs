@@ -17,6 +17,7 @@ pub const PLUGINS: &[&str] = &[
     "document-pipeline",
     "lead-qualifier",
     "hostile",
+    "hostile-v2",
     "imports-unknown",
     "imports-http",
     "allocator",

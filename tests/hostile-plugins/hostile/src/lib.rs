@@ -30,108 +30,14 @@ mod bindings {
 use bindings::exports::tollgate::plugin::plugin::Guest;
 use bindings::tollgate::plugin::log;
 use bindings::tollgate::plugin::types::*;
-use std::hint::black_box;
-use std::sync::atomic::{AtomicU32, Ordering};
+mod misbehave;
+
+use misbehave::{misbehave, mode_for, pick};
 
 struct Hostile;
 
-static CALLS: AtomicU32 = AtomicU32::new(0);
-
-fn mode_for(config: &str, capability: &str) -> Option<String> {
-    let (mode, target) = config.split_once('@').unwrap_or((config, "route"));
-    (target == capability).then(|| mode.to_owned())
-}
-
-/// Recursion whose frames live on the Wasm stack itself (no address-taken
-/// locals, so nothing goes to the shadow stack in linear memory) and whose
-/// result depends on each level, so it cannot become a loop.
-#[inline(never)]
-fn deep(n: u64) -> u64 {
-    if n == u64::MAX {
-        return 0;
-    }
-    let r = deep(n + 1);
-    r ^ n.rotate_left((r & 63) as u32)
-}
-
-fn snoop() -> String {
-    let file = match std::fs::read_to_string("/etc/hostname") {
-        Ok(_) => "file=READ".to_owned(),
-        Err(_) => "file=denied".to_owned(),
-    };
-    let dir = match std::fs::read_dir("/") {
-        Ok(_) => "dir=READ".to_owned(),
-        Err(_) => "dir=denied".to_owned(),
-    };
-    let socket = match std::net::TcpStream::connect(("127.0.0.1", 1)) {
-        Ok(_) => "socket=OPEN".to_owned(),
-        Err(_) => "socket=denied".to_owned(),
-    };
-    let env = format!("env={}", std::env::vars().count());
-    let secret = match std::env::var("TOLLGATE_TEST_SECRET") {
-        Ok(v) => format!("secret={v}"),
-        Err(_) => "secret=none".to_owned(),
-    };
-    let args = format!("args={}", std::env::args().count());
-    let cwd = match std::env::current_dir() {
-        Ok(p) => format!("cwd={}", p.display()),
-        Err(_) => "cwd=none".to_owned(),
-    };
-    [file, dir, socket, env, secret, args, cwd].join(";")
-}
-
-fn clock() -> String {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(u64::MAX);
-    let mut random = std::collections::hash_map::RandomState::new();
-    let _ = &mut random;
-    let hasher = std::hash::BuildHasher::hash_one(&random, 42u32);
-    format!("clock={since_epoch};random={hasher}")
-}
-
-/// Misbehaves per `mode`; returns a message for the modes that report.
-fn misbehave(mode: &str) -> Option<String> {
-    match mode {
-        "spin" => {
-            let mut x = 0u64;
-            loop {
-                x = black_box(x.wrapping_add(1));
-            }
-        }
-        "grow-memory" => {
-            // Reserve without filling: growth, not memset speed, is the point.
-            let mut hoard: Vec<Vec<u8>> = Vec::new();
-            loop {
-                let mut block: Vec<u8> = Vec::with_capacity(1 << 20);
-                block.push(1);
-                hoard.push(black_box(block));
-            }
-        }
-        "recurse" => Some(deep(black_box(0)).to_string()),
-        "panic" => panic!("hostile plugin panics on purpose"),
-        "exit" => std::process::exit(3),
-        "sleep" => {
-            std::thread::sleep(std::time::Duration::from_secs(2));
-            Some("slept".into())
-        }
-        "huge-output" => Some("x".repeat(8 << 20)),
-        "log-flood" => {
-            let line = "y".repeat(100_000);
-            for _ in 0..10_000 {
-                log::log(log::Level::Error, &line);
-            }
-            None
-        }
-        "snoop" => Some(snoop()),
-        "clock" => Some(clock()),
-        "counter" => Some(format!(
-            "calls={}",
-            CALLS.fetch_add(1, Ordering::SeqCst) + 1
-        )),
-        _ => None,
-    }
+fn log_error(line: &str) {
+    log::log(log::Level::Error, line);
 }
 
 fn reject(message: String) -> Rejection {
@@ -152,7 +58,7 @@ impl Guest for Hostile {
 
     fn validate_config(config: String) -> Result<(), String> {
         if let Some(mode) = mode_for(&config, "validate")
-            && let Some(message) = misbehave(&mode)
+            && let Some(message) = misbehave(&mode, log_error)
         {
             return Err(message);
         }
@@ -165,27 +71,16 @@ impl Guest for Hostile {
         offers: Vec<ModelOffer>,
     ) -> Result<RouteDecision, Rejection> {
         let mode = mode_for(&config, "route").unwrap_or_default();
-        if let Some(message) = misbehave(&mode) {
+        if let Some(message) = misbehave(&mode, log_error) {
             return Err(reject(message));
         }
-        let primary = if mode == "unknown-model" {
-            OfferRef {
-                model: "not-in-the-catalog".into(),
-                provider: "nowhere".into(),
-            }
-        } else {
-            let offer = offers
-                .iter()
-                .find(|o| o.model == request.requested_model)
-                .or(offers.first());
-            match offer {
-                Some(o) => OfferRef {
-                    model: o.model.clone(),
-                    provider: o.provider.clone(),
-                },
-                None => return Err(reject("no offers".into())),
-            }
+        let offered = offers
+            .iter()
+            .map(|o| (o.model.as_str(), o.provider.as_str()));
+        let Some((model, provider)) = pick(&mode, &request.requested_model, offered) else {
+            return Err(reject("no offers".into()));
         };
+        let primary = OfferRef { model, provider };
         Ok(RouteDecision {
             primary,
             fallbacks: Vec::new(),
@@ -199,7 +94,7 @@ impl Guest for Hostile {
         _usage: Usage,
     ) -> Result<Vec<BusinessUnit>, String> {
         let mode = mode_for(&config, "meter").unwrap_or_default();
-        if let Some(message) = misbehave(&mode) {
+        if let Some(message) = misbehave(&mode, log_error) {
             return Err(message);
         }
         let unit = |name: &str, quantity: &str| BusinessUnit {
@@ -220,7 +115,7 @@ impl Guest for Hostile {
         _units: Vec<BusinessUnit>,
     ) -> Result<PriceQuote, String> {
         let mode = mode_for(&config, "price").unwrap_or_default();
-        if let Some(message) = misbehave(&mode) {
+        if let Some(message) = misbehave(&mode, log_error) {
             return Err(message);
         }
         let surcharge = match mode.as_str() {
