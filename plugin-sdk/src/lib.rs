@@ -38,6 +38,13 @@
 //! same checks the gateway applies. The plugin runs sandboxed: no files,
 //! network, environment or real clock. Time comes in
 //! [`RequestSummary::timestamp_ms`]; money is exact [`Decimal`], never a float.
+//!
+//! The SDK builds against the plugin contract `tollgate:plugin@0.2` (`wit/v0.2`):
+//! the gateway hands the configuration and request over once per request and
+//! decimals cross in binary. Each request gets a fresh instance, so in Wasm
+//! builds the heap is a bump arena in front of the standard allocator (the
+//! default `arena` feature; turn it off to bring your own
+//! `#[global_allocator]`).
 #![deny(missing_docs)]
 
 #[doc(hidden)]
