@@ -1,6 +1,6 @@
 //! Test plugin logic natively, without Wasm.
 //!
-//! [`Native`] runs a [`Plugin`](crate::Plugin) through the same steps and the
+//! [`Native`] runs a [`Plugin`] through the same steps and the
 //! same output checks as the gateway (config parsing, route, meter, price,
 //! and the contract's limits), so a plugin that passes here is not refused
 //! by the host for a reason the tests never saw. [`run_fixtures`] runs a
