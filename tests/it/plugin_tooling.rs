@@ -21,6 +21,21 @@ fn path_arg(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// `tollgate plugin test DIR --plugin WASM [EXTRA…]`.
+fn plugin_test(dir: &Path, wasm: &Path, extra: &[&str]) -> Output {
+    let (dir, wasm) = (path_arg(dir), path_arg(wasm));
+    let mut args = vec!["plugin", "test", &dir, "--plugin", &wasm];
+    args.extend_from_slice(extra);
+    tollgate(&args)
+}
+
+/// The initial linear memory `plugin check --json` reports for `wasm`.
+fn initial_memory(wasm: &Path) -> u64 {
+    let out = tollgate(&["plugin", "check", "--json", &path_arg(wasm)]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["initial_memory_bytes"].as_u64().unwrap()
+}
+
 #[test]
 fn check_prints_world_exports_imports_size_and_compile_time() {
     let wasm = plugin_path("support-desk");
@@ -55,9 +70,7 @@ fn check_prints_world_exports_imports_size_and_compile_time() {
 fn example_plugins_start_with_memory_inside_the_resident_window() {
     for name in ["support-desk", "document-pipeline", "lead-qualifier"] {
         let wasm = plugin_path(name);
-        let out = tollgate(&["plugin", "check", "--json", &path_arg(&wasm)]);
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let initial = report["initial_memory_bytes"].as_u64().unwrap();
+        let initial = initial_memory(&wasm);
         assert!(
             initial > 0 && initial <= tollgate::plugin::MEMORY_KEEP_RESIDENT as u64,
             "{name} starts with {initial} bytes of linear memory"
@@ -141,13 +154,7 @@ fn run_shows_route_units_surcharge_and_measurements() {
 fn test_passes_every_example_plugins_fixtures_against_its_wasm() {
     for name in ["support-desk", "document-pipeline", "lead-qualifier"] {
         let project = support::root().join("plugins").join(name);
-        let out = tollgate(&[
-            "plugin",
-            "test",
-            &path_arg(&project),
-            "--plugin",
-            &path_arg(&plugin_path(name)),
-        ]);
+        let out = plugin_test(&project, &plugin_path(name), &[]);
         let stdout = text(&out.stdout);
         assert!(
             out.status.success(),
@@ -179,13 +186,7 @@ fn test_reports_a_failing_case_and_exits_non_zero() {
         .path()
         .join("second-tier-after-first-hundred/expected.json");
     std::fs::write(&broken, r#"{"surcharge": "0.50"}"#).unwrap();
-    let out = tollgate(&[
-        "plugin",
-        "test",
-        &path_arg(dir.path()),
-        "--plugin",
-        &path_arg(&plugin_path("lead-qualifier")),
-    ]);
+    let out = plugin_test(dir.path(), &plugin_path("lead-qualifier"), &[]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -196,15 +197,11 @@ fn test_reports_a_failing_case_and_exits_non_zero() {
     assert!(stdout.contains("5 passed, 1 failed"), "{stdout}");
 
     // The deadline is the caller's to set, within bounds.
-    let out = tollgate(&[
-        "plugin",
-        "test",
-        &path_arg(dir.path()),
-        "--plugin",
-        &path_arg(&plugin_path("lead-qualifier")),
-        "--deadline-ms",
-        "0",
-    ]);
+    let out = plugin_test(
+        dir.path(),
+        &plugin_path("lead-qualifier"),
+        &["--deadline-ms", "0"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("--deadline-ms"),
@@ -260,10 +257,7 @@ fn new_scaffolds_a_plugin_that_builds_and_passes_its_own_tests() {
     assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
 
     // It is built with the same small shadow stack as the examples.
-    let wasm = target_dir.join("wasm32-wasip2/plugin/acme_fee.wasm");
-    let out = tollgate(&["plugin", "check", "--json", &path_arg(&wasm)]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let initial = report["initial_memory_bytes"].as_u64().unwrap();
+    let initial = initial_memory(&target_dir.join("wasm32-wasip2/plugin/acme_fee.wasm"));
     assert!(
         initial <= tollgate::plugin::MEMORY_KEEP_RESIDENT as u64,
         "the scaffold starts with {initial} bytes of linear memory"

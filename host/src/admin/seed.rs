@@ -273,14 +273,13 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
             };
             admin.record(
                 &Principal::Config,
-                Change {
-                    agency: Some(&agency),
-                    action: "app.create",
-                    object: (kind::APP, &k.app),
-                    before: None,
-                    after: Some(to_value(&app)?),
-                    writes: vec![Admin::put(kind::APP, &k.app, &app, 0)?],
-                },
+                Change::created(
+                    Some(&agency),
+                    "app.create",
+                    (kind::APP, &k.app),
+                    &app,
+                    to_value(&app)?,
+                )?,
             )?;
         }
         if admin.get::<AppKeyDoc>(kind::APP_KEY, &id)?.is_some() {
@@ -301,14 +300,13 @@ pub async fn apply(admin: &Admin, config: &Config) -> Result<(), SeedError> {
         };
         admin.record(
             &Principal::Config,
-            Change {
-                agency: Some(&agency),
-                action: "key.create",
-                object: (kind::APP_KEY, &id),
-                before: None,
-                after: Some(json!({"id": id, "app_id": k.app, "client_id": k.client})),
-                writes: vec![Admin::put(kind::APP_KEY, &id, &doc, 0)?],
-            },
+            Change::created(
+                Some(&agency),
+                "key.create",
+                (kind::APP_KEY, &id),
+                &doc,
+                json!({"id": id, "app_id": k.app, "client_id": k.client}),
+            )?,
         )?;
     }
     for key in admin.list::<AppKeyDoc>(kind::APP_KEY)? {

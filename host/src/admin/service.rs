@@ -348,6 +348,27 @@ pub(crate) struct Change<'a> {
     pub writes: Vec<DocumentWrite>,
 }
 
+impl<'a> Change<'a> {
+    /// A new object: `doc` written as `kind`/`id` at revision 0, audited as
+    /// `action` with `after` as its view.
+    pub(crate) fn created<T: Serialize>(
+        agency: Option<&'a str>,
+        action: &'a str,
+        (kind, id): (&'a str, &'a str),
+        doc: &T,
+        after: serde_json::Value,
+    ) -> Result<Self, AdminError> {
+        Ok(Change {
+            agency,
+            action,
+            object: (kind, id),
+            before: None,
+            after: Some(after),
+            writes: vec![Admin::put(kind, id, doc, 0)?],
+        })
+    }
+}
+
 /// Default and maximum page size of listings.
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
@@ -807,14 +828,13 @@ impl Admin {
         let view = self.agency_view(&doc);
         self.commit(
             p,
-            Change {
-                agency: Some(&doc.id),
-                action: "agency.create",
-                object: (kind::AGENCY, &doc.id),
-                before: None,
-                after: Some(to_value(&view)?),
-                writes: vec![Self::put(kind::AGENCY, &doc.id, &doc, 0)?],
-            },
+            Change::created(
+                Some(&doc.id),
+                "agency.create",
+                (kind::AGENCY, &doc.id),
+                &doc,
+                to_value(&view)?,
+            )?,
         )
         .await?;
         Ok(view)
@@ -919,14 +939,13 @@ impl Admin {
         let view = Self::token_view(&doc);
         self.commit(
             p,
-            Change {
-                agency: Some(agency),
-                action: "token.create",
-                object: (kind::ADMIN_TOKEN, &doc.id),
-                before: None,
-                after: Some(to_value(&view)?),
-                writes: vec![Self::put(kind::ADMIN_TOKEN, &doc.id, &doc, 0)?],
-            },
+            Change::created(
+                Some(agency),
+                "token.create",
+                (kind::ADMIN_TOKEN, &doc.id),
+                &doc,
+                to_value(&view)?,
+            )?,
         )
         .await?;
         Ok(NewCredential {
@@ -965,14 +984,13 @@ impl Admin {
         let view = Self::token_view(&doc);
         self.commit(
             &Principal::Config,
-            Change {
-                agency: Some(agency),
-                action: "token.create",
-                object: (kind::ADMIN_TOKEN, &doc.id),
-                before: None,
-                after: Some(to_value(&view)?),
-                writes: vec![Self::put(kind::ADMIN_TOKEN, &doc.id, &doc, 0)?],
-            },
+            Change::created(
+                Some(agency),
+                "token.create",
+                (kind::ADMIN_TOKEN, &doc.id),
+                &doc,
+                to_value(&view)?,
+            )?,
         )
         .await
     }
@@ -1072,14 +1090,13 @@ impl Admin {
         let view = self.client_view(&doc)?;
         self.commit(
             p,
-            Change {
-                agency: Some(&agency),
-                action: "client.create",
-                object: (kind::CLIENT, &doc.id),
-                before: None,
-                after: Some(to_value(&view)?),
-                writes: vec![Self::put(kind::CLIENT, &doc.id, &doc, 0)?],
-            },
+            Change::created(
+                Some(&agency),
+                "client.create",
+                (kind::CLIENT, &doc.id),
+                &doc,
+                to_value(&view)?,
+            )?,
         )
         .await?;
         Ok(view)
@@ -1194,14 +1211,13 @@ impl Admin {
         };
         self.commit(
             p,
-            Change {
-                agency: Some(&c.agency_id),
-                action: "app.create",
-                object: (kind::APP, &doc.id),
-                before: None,
-                after: Some(to_value(&doc)?),
-                writes: vec![Self::put(kind::APP, &doc.id, &doc, 0)?],
-            },
+            Change::created(
+                Some(&c.agency_id),
+                "app.create",
+                (kind::APP, &doc.id),
+                &doc,
+                to_value(&doc)?,
+            )?,
         )
         .await?;
         Ok(doc)
@@ -1246,14 +1262,13 @@ impl Admin {
         let view = Self::key_view(&doc);
         self.commit(
             p,
-            Change {
-                agency: Some(&a.agency_id),
-                action: "key.create",
-                object: (kind::APP_KEY, &doc.id),
-                before: None,
-                after: Some(to_value(&view)?),
-                writes: vec![Self::put(kind::APP_KEY, &doc.id, &doc, 0)?],
-            },
+            Change::created(
+                Some(&a.agency_id),
+                "key.create",
+                (kind::APP_KEY, &doc.id),
+                &doc,
+                to_value(&view)?,
+            )?,
         )
         .await?;
         Ok(NewCredential {

@@ -450,7 +450,10 @@ enum Pre {
 impl Pre {
     async fn instantiate(&self, store: &mut Store<StoreState>) -> wasmtime::Result<Guest> {
         Ok(match self {
-            Pre::V0_1(pre) => Guest::V0_1(pre.instantiate_async(store).await?),
+            Pre::V0_1(pre) => Guest::V0_1 {
+                plugin: pre.instantiate_async(store).await?,
+                request: None,
+            },
             Pre::V0_2(pre) => Guest::V0_2 {
                 plugin: pre.instantiate_async(store).await?,
                 context: None,
@@ -461,21 +464,49 @@ impl Pre {
 
 /// An instantiated plugin, by contract version. Each method converts the
 /// plain inputs into the version's bindings, calls, and converts the output
-/// back, measuring it first for the output cap.
+/// back, measuring it first for the output cap. The request side of a call
+/// is prepared once per session and reused by the next capabilities (the
+/// gateway calls `meter` and `price` with the same request): 0.1 keeps the
+/// converted summary, 0.2 its `request-context`.
 enum Guest {
-    V0_1(v0_1::AgencyPlugin),
+    V0_1 {
+        plugin: v0_1::AgencyPlugin,
+        request: Option<Box<Prepared<v0_1::tollgate::plugin::types::RequestSummary>>>,
+    },
     V0_2 {
         plugin: v0_2::AgencyPlugin,
-        context: Option<Box<RequestContext>>,
+        context: Option<Box<Prepared<wasmtime::component::ResourceAny>>>,
     },
 }
 
-/// A 0.2 plugin's `request-context` and what it was made from: capabilities
-/// called with the same configuration and request reuse it.
-struct RequestContext {
-    handle: wasmtime::component::ResourceAny,
+/// What a session prepared for one configuration and request, kept with
+/// them: a capability called with the same pair reuses it, a different pair
+/// prepares afresh, so reuse never changes an answer.
+struct Prepared<T> {
     config: String,
     request: RequestSummary,
+    value: T,
+}
+
+impl<T> Prepared<T> {
+    fn new(config: &str, request: &RequestSummary, value: T) -> Box<Self> {
+        Box::new(Prepared {
+            config: config.to_owned(),
+            request: request.clone(),
+            value,
+        })
+    }
+
+    /// The prepared value, if it was made for this configuration and request.
+    fn get<'a>(
+        slot: &'a Option<Box<Self>>,
+        config: &str,
+        request: &RequestSummary,
+    ) -> Option<&'a T> {
+        slot.as_ref()
+            .filter(|p| p.config == config && p.request == *request)
+            .map(|p| &p.value)
+    }
 }
 
 /// A call's output: its size on the wire (for the output cap) and its value
@@ -506,8 +537,8 @@ fn reported<W, T>(
 impl Guest {
     async fn describe(&self, store: &mut Store<StoreState>) -> wasmtime::Result<Out<PluginInfo>> {
         Ok(match self {
-            Guest::V0_1(p) => {
-                let raw = p.tollgate_plugin_plugin().call_describe(store).await?;
+            Guest::V0_1 { plugin, .. } => {
+                let raw = plugin.tollgate_plugin_plugin().call_describe(store).await?;
                 Out {
                     size: raw.wire_size(),
                     value: Ok(convert::v0_1::info_out(raw)),
@@ -529,8 +560,9 @@ impl Guest {
         config: &str,
     ) -> wasmtime::Result<Out<Result<(), String>>> {
         let raw = match self {
-            Guest::V0_1(p) => {
-                p.tollgate_plugin_plugin()
+            Guest::V0_1 { plugin, .. } => {
+                plugin
+                    .tollgate_plugin_plugin()
                     .call_validate_config(store, config)
                     .await?
             }
@@ -547,30 +579,37 @@ impl Guest {
         })
     }
 
-    /// The 0.2 context for `config` and `request`, made on first use.
+    /// The 0.1 binding form of `request`, converted on first use.
+    fn summary<'a>(
+        slot: &'a mut Option<Box<Prepared<v0_1::tollgate::plugin::types::RequestSummary>>>,
+        config: &str,
+        request: &RequestSummary,
+    ) -> &'a v0_1::tollgate::plugin::types::RequestSummary {
+        if Prepared::get(slot, config, request).is_none() {
+            *slot = None;
+        }
+        &slot
+            .get_or_insert_with(|| Prepared::new(config, request, convert::v0_1::request(request)))
+            .value
+    }
+
+    /// The 0.2 `request-context` for `config` and `request`, made on first use.
     async fn context(
         plugin: &v0_2::AgencyPlugin,
-        context: &mut Option<Box<RequestContext>>,
+        slot: &mut Option<Box<Prepared<wasmtime::component::ResourceAny>>>,
         store: &mut Store<StoreState>,
         config: &str,
         request: &RequestSummary,
     ) -> wasmtime::Result<wasmtime::component::ResourceAny> {
-        if let Some(c) = context
-            && c.config == config
-            && c.request == *request
-        {
-            return Ok(c.handle);
+        if let Some(handle) = Prepared::get(slot, config, request) {
+            return Ok(*handle);
         }
         let handle = plugin
             .tollgate_plugin_plugin()
             .request_context()
             .call_constructor(store, config, &convert::v0_2::request(request))
             .await?;
-        *context = Some(Box::new(RequestContext {
-            handle,
-            config: config.to_owned(),
-            request: request.clone(),
-        }));
+        *slot = Some(Prepared::new(config, request, handle));
         Ok(handle)
     }
 
@@ -582,15 +621,14 @@ impl Guest {
         offers: &[ModelOffer],
     ) -> wasmtime::Result<Out<Result<RouteDecision, Rejection>>> {
         Ok(match self {
-            Guest::V0_1(p) => {
-                let raw = p
+            Guest::V0_1 {
+                plugin,
+                request: slot,
+            } => {
+                let summary = Self::summary(slot, config, request);
+                let raw = plugin
                     .tollgate_plugin_plugin()
-                    .call_route(
-                        store,
-                        config,
-                        &convert::v0_1::request(request),
-                        &convert::v0_1::offers(offers),
-                    )
+                    .call_route(store, config, summary, &convert::v0_1::offers(offers))
                     .await?;
                 Out {
                     size: raw.wire_size(),
@@ -620,15 +658,14 @@ impl Guest {
         usage: &Usage,
     ) -> wasmtime::Result<Out<Result<Vec<BusinessUnit>, String>>> {
         Ok(match self {
-            Guest::V0_1(p) => {
-                let raw = p
+            Guest::V0_1 {
+                plugin,
+                request: slot,
+            } => {
+                let summary = Self::summary(slot, config, request);
+                let raw = plugin
                     .tollgate_plugin_plugin()
-                    .call_meter(
-                        store,
-                        config,
-                        &convert::v0_1::request(request),
-                        &convert::v0_1::usage(usage),
-                    )
+                    .call_meter(store, config, summary, &convert::v0_1::usage(usage))
                     .await?;
                 Out {
                     size: raw.wire_size(),
@@ -659,13 +696,17 @@ impl Guest {
         units: &[BusinessUnit],
     ) -> wasmtime::Result<Out<Result<PriceQuote, String>>> {
         Ok(match self {
-            Guest::V0_1(p) => {
-                let raw = p
+            Guest::V0_1 {
+                plugin,
+                request: slot,
+            } => {
+                let summary = Self::summary(slot, config, request);
+                let raw = plugin
                     .tollgate_plugin_plugin()
                     .call_price(
                         store,
                         config,
-                        &convert::v0_1::request(request),
+                        summary,
                         &convert::v0_1::usage(usage),
                         &convert::v0_1::units(units),
                     )
@@ -1085,8 +1126,8 @@ impl Session {
     }
 
     /// `meter`, then `price` on its units: what the gateway does once a
-    /// request is served. A 0.2 plugin gets the configuration and request
-    /// once, in one `request-context`, for both calls.
+    /// request is served. The request is prepared once for both calls (see
+    /// `Guest`).
     pub async fn meter_and_price(
         &mut self,
         config: &str,

@@ -65,12 +65,7 @@ impl Guest for Hostile {
     }
 
     fn validate_config(config: String) -> Result<(), String> {
-        if let Some(mode) = mode_for(&config, "validate")
-            && let Some(message) = misbehave(&mode, log_error)
-        {
-            return Err(message);
-        }
-        Ok(())
+        misbehave::validate(&config, log_error)
     }
 }
 

@@ -122,3 +122,11 @@ pub fn pick<'a>(
         .or(offers.first())
         .map(|(model, provider)| ((*model).to_owned(), (*provider).to_owned()))
 }
+
+/// `validate-config`: misbehaves for `MODE@validate`, accepts anything else.
+pub fn validate(config: &str, log: impl Fn(&str)) -> Result<(), String> {
+    match mode_for(config, "validate").and_then(|mode| misbehave(&mode, log)) {
+        Some(message) => Err(message),
+        None => Ok(()),
+    }
+}
