@@ -1,14 +1,16 @@
 //! Ledger benchmarks (a plain bench binary; run with
 //! `cargo bench -p tollgate-ledger --bench ledger`). Measures, with medians over
 //! several runs and baselines measured in the same run:
-//! - ingest with running aggregates in `batched` mode vs raw sled inserts;
+//! - ingest with running aggregates in `batched` mode, from OS threads calling
+//!   `record` and from tokio tasks calling `record_async` (as the gateway does),
+//!   vs raw sled inserts;
 //! - ingest in `sync` mode from 64 concurrent writers (group commit) vs raw sled
 //!   inserts each followed by its own flush;
 //! - statement, payout and settlement for a month of 1,000,000 records, from the
 //!   running aggregates, vs recomputing one statement by scanning the records.
 //!
 //! Sizes scale with `LEDGER_BENCH_SCALE` (default 1.0). `LEDGER_BENCH_ONLY` (a
-//! comma-separated subset of `ingest`, `raw`, `sync`, `month`) runs only those
+//! comma-separated subset of `ingest`, `async`, `raw`, `sync`, `month`) runs only those
 //! sections; `LEDGER_BENCH_WRITERS` (e.g. `64`) limits the batched ingest runs.
 
 use std::collections::BTreeMap;
@@ -164,6 +166,56 @@ fn ingest(durability: Durability, writers: u64, total: u64) -> Result<Rate, BoxE
     })
 }
 
+/// Like [`ingest`], but the writers are `writers` tasks on a two-thread tokio
+/// runtime calling `record_async`, which is how the gateway records.
+fn ingest_async(durability: Durability, writers: u64, total: u64) -> Result<Rate, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let clock = ManualClock::new(jan(0) + chrono::Duration::days(20));
+    let ledger = open(dir.path(), durability, &clock)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let per = total / writers;
+    let batches: Vec<Vec<UsageRecord>> = (0..writers)
+        .map(|w| {
+            (0..per)
+                .map(|j| {
+                    let i = w * per + j;
+                    record(format!("k{i}"), i)
+                })
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    let cpu0 = cpu_secs();
+    runtime.block_on(async {
+        let tasks: Vec<_> = batches
+            .into_iter()
+            .map(|recs| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    for r in recs {
+                        ledger.record_async(r).await?;
+                    }
+                    Ok::<(), tollgate_ledger::LedgerError>(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        Ok::<(), BoxError>(())
+    })?;
+    ledger.flush()?;
+    let secs = start.elapsed().as_secs_f64();
+    let n = (per * writers) as f64;
+    Ok(Rate {
+        wall: n / secs,
+        cpu: n / (cpu_secs() - cpu0),
+    })
+}
+
 /// Baseline: the same serialized records inserted straight into sled, one key
 /// each, no idempotency, aggregates or index; `flush_each` flushes per insert.
 fn raw_sled(writers: u64, total: u64, flush_each: bool) -> Result<Rate, BoxError> {
@@ -253,6 +305,17 @@ fn main() -> Result<(), BoxError> {
             let r = median_rate(&xs);
             println!(
                 "| ingest, batched (100 ms), {writers} writer(s), {sizes} records, with aggregates | {:.0} records/s | {:.0} records/CPU-s |",
+                r.wall, r.cpu
+            );
+        }
+        if run("async") {
+            let mut xs = Vec::new();
+            for _ in 0..runs {
+                xs.push(ingest_async(batched, writers, sizes)?);
+            }
+            let r = median_rate(&xs);
+            println!(
+                "| ingest, batched (100 ms), {writers} async writer(s) on 2 tokio threads, {sizes} records, with aggregates | {:.0} records/s | {:.0} records/CPU-s |",
                 r.wall, r.cpu
             );
         }
