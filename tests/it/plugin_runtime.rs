@@ -256,6 +256,52 @@ async fn the_default_deadline_stops_a_spinning_plugin_within_milliseconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_holds_after_the_epoch_ticker_parked_while_idle() {
+    let (runtime, _) = support::runtime_with(RuntimeLimits {
+        deadline: Duration::from_millis(20),
+        ..RuntimeLimits::default()
+    });
+    let deadline = runtime.limits().deadline;
+    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    // Idle: no call for a while parks the ticker, and the epoch stands still.
+    let idle_since = Instant::now();
+    while !runtime.epoch_ticker_idle() {
+        assert!(
+            idle_since.elapsed() < Duration::from_secs(10),
+            "the epoch ticker never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next call wakes it, so a spinning plugin still meets its deadline.
+    // The call runs on a thread of its own: were the ticker not woken, the
+    // spin would never end, and the watchdog below fails the test instead of
+    // hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = rt.block_on(async {
+            let mut session = plugin.session("spin").await?;
+            let started = Instant::now();
+            let err = session
+                .route("spin", &request("demo-mini"), &offers())
+                .await
+                .unwrap_err();
+            Ok::<_, PluginError>((err, started.elapsed()))
+        });
+        let _ = tx.send(outcome);
+    });
+    let (err, elapsed) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a spinning plugin after an idle spell was never stopped")
+        .unwrap();
+    assert_eq!(err, PluginError::Timeout(deadline));
+    assert!(elapsed < deadline + MARGIN, "took {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_and_honest_calls_run_side_by_side() {
     // Spinners hold both workers for a whole deadline each; honest calls
     // queue behind them, so the deadline must cover that queueing too.

@@ -19,7 +19,7 @@ pub mod policy;
 mod sandbox;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,11 @@ const ADMIN_DEADLINE: Duration = Duration::from_millis(250);
 
 /// The interval at which the epoch advances; deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The epoch ticker parks after this many ticks without a plugin call being
+/// armed (at least; longer when a deadline is longer), so an idle gateway is
+/// not woken a thousand times a second.
+const EPOCH_IDLE_TICKS: u64 = 100;
 
 /// Limits applied to every plugin and call.
 #[derive(Debug, Clone)]
@@ -135,12 +140,12 @@ struct Shared {
     /// holds it.
     cache: Mutex<HashMap<ContentHash, std::sync::Weak<CompiledPlugin>>>,
     metrics: PluginMetrics,
-    stop_ticker: Arc<AtomicBool>,
+    ticker: Arc<EpochTicker>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -149,8 +154,9 @@ impl PluginRuntime {
     pub fn new(limits: RuntimeLimits, metrics: PluginMetrics) -> Result<Self, RuntimeError> {
         let engine = engine(&limits).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let linker = sandbox::linker(&engine).map_err(|e| RuntimeError(format!("{e:#}")))?;
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), stop_ticker.clone())?;
+        // Every session's deadline is the configured one or, for admin-time
+        // calls, at least ADMIN_DEADLINE.
+        let ticker = EpochTicker::spawn(engine.clone(), limits.deadline.max(ADMIN_DEADLINE))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 engine,
@@ -158,7 +164,7 @@ impl PluginRuntime {
                 limits,
                 cache: Mutex::new(HashMap::new()),
                 metrics,
-                stop_ticker,
+                ticker,
             }),
         })
     }
@@ -166,6 +172,12 @@ impl PluginRuntime {
     /// The limits in force.
     pub fn limits(&self) -> &RuntimeLimits {
         &self.shared.limits
+    }
+
+    /// Whether the epoch ticker is parked because no plugin has run lately
+    /// (diagnostics and tests).
+    pub fn epoch_ticker_idle(&self) -> bool {
+        self.shared.ticker.is_parked()
     }
 
     /// Validates and compiles a component. CPU-heavy: runs on a blocking
@@ -397,17 +409,90 @@ fn engine(limits: &RuntimeLimits) -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
-    std::thread::Builder::new()
-        .name("tollgate-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
+/// Advances the engine's epoch every [`EPOCH_TICK`] while plugins run, which
+/// is what turns a plugin's deadline into a trap. It parks only once no call
+/// has been armed for longer than the longest deadline (and at least
+/// [`EPOCH_IDLE_TICKS`]), so every call armed before has reached its deadline
+/// epoch and a call still spinning has trapped; the next call to
+/// [`EpochTicker::arm`] wakes it. While it is parked the epoch stands still, so
+/// a deadline armed then still counts whole ticks from its own start.
+struct EpochTicker {
+    /// Calls armed so far; the ticker compares it between ticks.
+    armed: AtomicU64,
+    parked: AtomicBool,
+    stop: AtomicBool,
+    thread: std::thread::Thread,
+    /// Ticks without a newly armed call before parking.
+    idle_ticks: u64,
+}
+
+impl EpochTicker {
+    fn spawn(engine: Engine, longest_deadline: Duration) -> Result<Arc<Self>, RuntimeError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<EpochTicker>>();
+        let handle = std::thread::Builder::new()
+            .name("tollgate-epoch".into())
+            .spawn(move || {
+                if let Ok(ticker) = rx.recv() {
+                    ticker.run(&engine);
+                }
+            })
+            .map_err(|e| RuntimeError(format!("cannot start the epoch thread: {e}")))?;
+        let ticker = Arc::new(EpochTicker {
+            armed: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            thread: handle.thread().clone(),
+            idle_ticks: EPOCH_IDLE_TICKS.max(deadline_ticks(longest_deadline) + 2),
+        });
+        tx.send(ticker.clone())
+            .map_err(|_| RuntimeError("the epoch thread ended at start".into()))?;
+        Ok(ticker)
+    }
+
+    fn run(&self, engine: &Engine) {
+        let mut seen = self.armed.load(Ordering::SeqCst);
+        let mut idle = 0u64;
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
+            let now = self.armed.load(Ordering::SeqCst);
+            if now != seen {
+                seen = now;
+                idle = 0;
+                continue;
             }
-        })
-        .map(|_| ())
-        .map_err(|e| RuntimeError(format!("cannot start the epoch thread: {e}")))
+            idle = idle.saturating_add(1);
+            if idle < self.idle_ticks {
+                continue;
+            }
+            // Announce the park, then look once more: a call armed before the
+            // announcement is seen here, one armed after it sees `parked` and
+            // unparks (SeqCst orders the two sides).
+            self.parked.store(true, Ordering::SeqCst);
+            if self.armed.load(Ordering::SeqCst) == seen && !self.stop.load(Ordering::SeqCst) {
+                std::thread::park();
+            }
+            self.parked.store(false, Ordering::SeqCst);
+            idle = 0;
+        }
+    }
+
+    /// Called before a plugin runs under a deadline.
+    fn arm(&self) {
+        self.armed.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.unpark();
+    }
+
+    fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::SeqCst)
+    }
 }
 
 /// Which version of the contract a component implements.
@@ -880,6 +965,7 @@ impl CompiledPlugin {
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
+        self.shared.ticker.arm();
         store.set_epoch_deadline(deadline_ticks(deadline));
         if limits.measure_fuel {
             store
@@ -969,6 +1055,7 @@ impl Session {
                 limit,
             });
         }
+        self.shared.ticker.arm();
         self.store.set_epoch_deadline(deadline_ticks(self.deadline));
         Ok(Instant::now())
     }
