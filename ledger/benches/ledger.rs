@@ -106,6 +106,35 @@ fn median_rate(xs: &[Rate]) -> Rate {
     }
 }
 
+/// Runs `f` `runs` times and prints one table row with the median rates.
+fn median_row(
+    runs: usize,
+    label: &str,
+    mut f: impl FnMut() -> Result<Rate, BoxError>,
+) -> Result<(), BoxError> {
+    let mut xs = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        xs.push(f()?);
+    }
+    let r = median_rate(&xs);
+    println!(
+        "| {label} | {:.0} records/s | {:.0} records/CPU-s |",
+        r.wall, r.cpu
+    );
+    Ok(())
+}
+
+/// The records writer `w` of `writers` sends, `per` of them, with keys
+/// unique across all writers.
+fn writer_records(w: u64, per: u64) -> Vec<UsageRecord> {
+    (0..per)
+        .map(|j| {
+            let i = w * per + j;
+            record(format!("k{i}"), i)
+        })
+        .collect()
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -137,12 +166,7 @@ fn ingest(durability: Durability, writers: u64, total: u64) -> Result<Rate, BoxE
             let ledger = ledger.clone();
             let barrier = barrier.clone();
             std::thread::spawn(move || -> Result<(), BoxError> {
-                let recs: Vec<_> = (0..per)
-                    .map(|j| {
-                        let i = w * per + j;
-                        record(format!("k{i}"), i)
-                    })
-                    .collect();
+                let recs = writer_records(w, per);
                 barrier.wait();
                 for r in recs {
                     ledger.record(r)?;
@@ -177,16 +201,7 @@ fn ingest_async(durability: Durability, writers: u64, total: u64) -> Result<Rate
         .enable_all()
         .build()?;
     let per = total / writers;
-    let batches: Vec<Vec<UsageRecord>> = (0..writers)
-        .map(|w| {
-            (0..per)
-                .map(|j| {
-                    let i = w * per + j;
-                    record(format!("k{i}"), i)
-                })
-                .collect()
-        })
-        .collect();
+    let batches: Vec<Vec<UsageRecord>> = (0..writers).map(|w| writer_records(w, per)).collect();
     let start = Instant::now();
     let cpu0 = cpu_secs();
     runtime.block_on(async {
@@ -298,39 +313,33 @@ fn main() -> Result<(), BoxError> {
     let sizes = n(50_000.0);
     for &writers in &writer_counts {
         if run("ingest") {
-            let mut xs = Vec::new();
-            for _ in 0..runs {
-                xs.push(ingest(batched, writers, sizes)?);
-            }
-            let r = median_rate(&xs);
-            println!(
-                "| ingest, batched (100 ms), {writers} writer(s), {sizes} records, with aggregates | {:.0} records/s | {:.0} records/CPU-s |",
-                r.wall, r.cpu
-            );
+            median_row(
+                runs,
+                &format!(
+                    "ingest, batched (100 ms), {writers} writer(s), {sizes} records, with aggregates"
+                ),
+                || ingest(batched, writers, sizes),
+            )?;
         }
         if run("async") {
-            let mut xs = Vec::new();
-            for _ in 0..runs {
-                xs.push(ingest_async(batched, writers, sizes)?);
-            }
-            let r = median_rate(&xs);
-            println!(
-                "| ingest, batched (100 ms), {writers} async writer(s) on 2 tokio threads, {sizes} records, with aggregates | {:.0} records/s | {:.0} records/CPU-s |",
-                r.wall, r.cpu
-            );
+            median_row(
+                runs,
+                &format!(
+                    "ingest, batched (100 ms), {writers} async writer(s) on 2 tokio threads, {sizes} records, with aggregates"
+                ),
+                || ingest_async(batched, writers, sizes),
+            )?;
         }
         if !run("raw") {
             continue;
         }
-        let mut xs = Vec::new();
-        for _ in 0..runs {
-            xs.push(raw_sled(writers, sizes, false)?);
-        }
-        let r = median_rate(&xs);
-        println!(
-            "| baseline: raw sled insert, {writers} writer(s), {sizes} records, no aggregates | {:.0} records/s | {:.0} records/CPU-s |",
-            r.wall, r.cpu
-        );
+        median_row(
+            runs,
+            &format!(
+                "baseline: raw sled insert, {writers} writer(s), {sizes} records, no aggregates"
+            ),
+            || raw_sled(writers, sizes, false),
+        )?;
     }
 
     if run("sync") {
@@ -344,25 +353,17 @@ fn main() -> Result<(), BoxError> {
 
 fn sync_section(runs: usize, n: impl Fn(f64) -> u64) -> Result<(), BoxError> {
     let sync_n = n(20_000.0);
-    let mut xs = Vec::new();
-    for _ in 0..runs {
-        xs.push(ingest(Durability::Sync, 64, sync_n)?);
-    }
-    let r = median_rate(&xs);
-    println!(
-        "| ingest, sync (group commit), 64 writers, {sync_n} records, with aggregates | {:.0} records/s | {:.0} records/CPU-s |",
-        r.wall, r.cpu
-    );
+    median_row(
+        runs,
+        &format!("ingest, sync (group commit), 64 writers, {sync_n} records, with aggregates"),
+        || ingest(Durability::Sync, 64, sync_n),
+    )?;
     let raw_n = n(4_000.0);
-    let mut xs = Vec::new();
-    for _ in 0..runs {
-        xs.push(raw_sled(64, raw_n, true)?);
-    }
-    let r = median_rate(&xs);
-    println!(
-        "| baseline: raw sled insert + flush per record, 64 writers, {raw_n} records | {:.0} records/s | {:.0} records/CPU-s |",
-        r.wall, r.cpu
-    );
+    median_row(
+        runs,
+        &format!("baseline: raw sled insert + flush per record, 64 writers, {raw_n} records"),
+        || raw_sled(64, raw_n, true),
+    )?;
 
     Ok(())
 }
