@@ -39,6 +39,9 @@ pub enum StartError {
     /// The control store could not be read or written.
     #[error("cannot load tenants and plugins: {0}")]
     Admin(#[from] crate::admin::AdminError),
+    /// The embedded token table is unusable (a broken build).
+    #[error("cannot load the token counter: {0}")]
+    Tokenizer(&'static crate::tokens::TableError),
     /// The listen socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -137,8 +140,8 @@ pub async fn build_state(config: &Config) -> Result<Arc<AppState>, StartError> {
         seed::SeedError::Config(c) => StartError::Config(c),
         seed::SeedError::Admin(a) => StartError::Admin(a),
     })?;
+    crate::tokens::warm_up().map_err(StartError::Tokenizer)?;
     let alerts = crate::alerts::spawn(ledger.clone(), webhooks, config.server.alert_poll);
-    crate::tokens::warm_up();
     let metrics = GatewayMetrics::new(&mut registry);
     Ok(Arc::new(AppState {
         directory,

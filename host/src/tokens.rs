@@ -2,24 +2,41 @@
 //! estimates before routing and for usage estimates when a provider reports
 //! none (an interrupted stream).
 //!
-//! The tokenizer's tables load once, lazily; [`warm_up`] loads them at start
-//! so the first request does not pay for it.
+//! The counter (`bpe`) is ours: tiktoken-rs's tables hold ~40 MB for what
+//! a counter needs in ~4 MB; it is property-tested to count exactly as
+//! tiktoken-rs does. Its tables load once, lazily; [`warm_up`] loads them at
+//! start so the first request does not pay for it.
+
+mod bpe;
+
+use std::sync::OnceLock;
 
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
 
-fn bpe() -> &'static CoreBPE {
-    tiktoken_rs::o200k_base_singleton()
+use bpe::O200kCounter;
+pub use bpe::TableError;
+
+static COUNTER: OnceLock<Result<O200kCounter, TableError>> = OnceLock::new();
+
+fn counter() -> Result<&'static O200kCounter, &'static TableError> {
+    COUNTER.get_or_init(O200kCounter::load).as_ref()
 }
 
-/// Loads the tokenizer tables now.
-pub fn warm_up() {
-    let _ = count_text("warm up");
+/// Loads the tokenizer tables now, so the first request does not pay for
+/// it, and reports a table the build got wrong.
+pub fn warm_up() -> Result<(), &'static TableError> {
+    counter().map(|_| ())
 }
 
-/// Tokens in a piece of text.
+/// Tokens in a piece of text. Should the table be unusable (a broken build,
+/// which [`warm_up`] refuses at start), every byte counts as a token: an
+/// upper bound, so a spend cap still holds.
 pub fn count_text(text: &str) -> u32 {
-    u32::try_from(bpe().encode_ordinary(text).len()).unwrap_or(u32::MAX)
+    let tokens = match counter() {
+        Ok(counter) => counter.count(text),
+        Err(_) => text.len(),
+    };
+    u32::try_from(tokens).unwrap_or(u32::MAX)
 }
 
 /// Per-message framing tokens OpenAI chat models add (role and separators),
