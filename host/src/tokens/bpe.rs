@@ -3,12 +3,11 @@
 //!
 //! It gives the same counts as tiktoken's `encode_ordinary(text).len()`
 //! (property-tested against tiktoken-rs in `tests` below; a single piece
-//! longer than 16 KiB is counted in chunks and may count a little higher)
-//! in about 4 MB
-//! instead of tiktoken-rs's ~40 MB: the token bytes live once, in the
-//! binary, in rank order (written by `build.rs`), and a hash table of `u32`
-//! ranks indexes them. Pre-tokenisation uses tiktoken-rs's own `o200k_base`
-//! pattern, so only the rank storage and the merge loop are ours.
+//! longer than 16 KiB is counted in chunks and may count a little higher) in
+//! about 4 MB instead of tiktoken-rs's ~40 MB: the token bytes live once, in
+//! the binary, in rank order (written by `build.rs`), and a hash table of
+//! `u32` ranks indexes them. Pre-tokenisation uses tiktoken-rs's own
+//! `o200k_base` pattern, so only the rank storage and the merge loop are ours.
 
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
@@ -59,8 +58,8 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
 }
 
 impl O200kCounter {
-    /// Indexes the embedded table and compiles the pattern (a few tens of
-    /// milliseconds; done once per process).
+    /// Indexes the embedded table and compiles the pattern; done once per
+    /// process, at start.
     pub fn load() -> Result<Self, TableError> {
         let count = read_u32(RANKS, 0).ok_or(TableError::Truncated)? as usize;
         let offsets_end = 4 + 4 * (count + 1);
@@ -106,7 +105,8 @@ impl O200kCounter {
             .copied()
     }
 
-    /// Tokens in `text`, as `encode_ordinary(text).len()` would count them.
+    /// Tokens in `text`, as `encode_ordinary(text).len()` would count them
+    /// (pieces over 16 KiB aside, see below).
     pub fn count(&self, text: &str) -> usize {
         let mut total = 0usize;
         for piece in self.pattern.find_iter(text) {
