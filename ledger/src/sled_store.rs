@@ -200,10 +200,45 @@ fn release_deferred_garbage() {
     crossbeam_epoch::pin().flush();
 }
 
+/// How long [`SledStore::open`] waits for the directory's file lock.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (up to [`LOCK_RELEASE_WAIT`]) until nobody holds sled's lock on the
+/// database file, then lets sled take it.
+///
+/// sled releases the lock only when the last reference to its internals
+/// goes, and after the last handle is dropped some still live for a moment
+/// in its IO threads and in crossbeam's deferred drops. A store of the same
+/// directory closed just before in this process (a restart of the ledger,
+/// the reopen in the crash-recovery tests: about one in ten failed on it) is
+/// therefore waited for, draining the deferred drops meanwhile, instead of
+/// failing. A lock held by another process outlasts the wait, and sled
+/// reports it.
+fn wait_for_lock_release(dir: &Path) {
+    let Ok(file) = std::fs::File::open(dir.join("db")) else {
+        return; // a new database: nothing holds it
+    };
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                return;
+            }
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                release_deferred_garbage();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the database at `path`. Sled's own background flusher is
     /// off: the engine decides when to flush, per durability mode.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        wait_for_lock_release(path);
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
