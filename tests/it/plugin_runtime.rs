@@ -229,6 +229,20 @@ async fn a_hostile_v0_2_plugin_gets_the_same_typed_errors() {
     honest_call_still_works(&runtime).await;
 }
 
+/// Runs the hostile plugin's endless `route` in a fresh session: the error
+/// it ended with and how long the call took.
+async fn spin_route(
+    plugin: &tollgate::plugin::CompiledPlugin,
+) -> Result<(PluginError, Duration), PluginError> {
+    let mut session = plugin.session("spin").await?;
+    let started = Instant::now();
+    let err = session
+        .route("spin", &request("demo-mini"), &offers())
+        .await
+        .unwrap_err();
+    Ok((err, started.elapsed()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_deadline_stops_a_spinning_plugin_within_milliseconds() {
     let (runtime, _) = support::runtime_with(RuntimeLimits::default());
@@ -244,13 +258,7 @@ async fn the_default_deadline_stops_a_spinning_plugin_within_milliseconds() {
         }
     }
     let plugin = plugin.expect("the hostile plugin loads within 10 tries");
-    let mut session = plugin.session("spin").await.unwrap();
-    let started = Instant::now();
-    let err = session
-        .route("spin", &request("demo-mini"), &offers())
-        .await
-        .unwrap_err();
-    let elapsed = started.elapsed();
+    let (err, elapsed) = spin_route(&plugin).await.unwrap();
     assert_eq!(err, PluginError::Timeout(deadline));
     assert!(elapsed < deadline + MARGIN, "took {elapsed:?}");
 }
@@ -282,16 +290,7 @@ async fn the_deadline_holds_after_the_epoch_ticker_parked_while_idle() {
             .enable_all()
             .build()
             .unwrap();
-        let outcome = rt.block_on(async {
-            let mut session = plugin.session("spin").await?;
-            let started = Instant::now();
-            let err = session
-                .route("spin", &request("demo-mini"), &offers())
-                .await
-                .unwrap_err();
-            Ok::<_, PluginError>((err, started.elapsed()))
-        });
-        let _ = tx.send(outcome);
+        let _ = tx.send(rt.block_on(spin_route(&plugin)));
     });
     let (err, elapsed) = rx
         .recv_timeout(Duration::from_secs(20))

@@ -61,37 +61,29 @@ impl O200kCounter {
     /// Indexes the embedded table and compiles the pattern; done once per
     /// process, at start.
     pub fn load() -> Result<Self, TableError> {
-        let count = read_u32(RANKS, 0).ok_or(TableError::Truncated)? as usize;
-        let offsets_end = 4 + 4 * (count + 1);
+        let count = read_u32(RANKS, 0).ok_or(TableError::Truncated)?;
+        let offsets_end = 4 + 4 * (count as usize + 1);
         let offsets = RANKS.get(4..offsets_end).ok_or(TableError::Truncated)?;
         let bytes = &RANKS[offsets_end..];
-        let last = read_u32(offsets, 4 * count).ok_or(TableError::Truncated)? as usize;
-        if last != bytes.len() {
+        let last = read_u32(offsets, 4 * count as usize).ok_or(TableError::Truncated)?;
+        if last as usize != bytes.len() {
             return Err(TableError::Truncated);
         }
-        let mut counter = Self {
-            offsets,
-            bytes,
-            index: HashTable::with_capacity(count),
-            hasher: foldhash::fast::FixedState::with_seed(0x6f32_3030_6b5f_6261),
-            pattern: Regex::new(tiktoken_rs::O200K_BASE_PAT_STR).map_err(Box::new)?,
-        };
+        let hasher = foldhash::fast::FixedState::with_seed(0x6f32_3030_6b5f_6261);
+        let mut index = HashTable::with_capacity(count as usize);
         for rank in 0..count {
-            let rank = Rank::try_from(rank).map_err(|_| TableError::Truncated)?;
-            let token = counter.token(rank);
-            let hash = counter.hasher.hash_one(token);
-            let Self {
-                index,
-                hasher,
-                offsets,
-                bytes,
-                ..
-            } = &mut counter;
+            let hash = hasher.hash_one(token_of(offsets, bytes, rank));
             index.insert_unique(hash, rank, |&r| {
                 hasher.hash_one(token_of(offsets, bytes, r))
             });
         }
-        Ok(counter)
+        Ok(Self {
+            offsets,
+            bytes,
+            index,
+            hasher,
+            pattern: Regex::new(tiktoken_rs::O200K_BASE_PAT_STR).map_err(Box::new)?,
+        })
     }
 
     fn token(&self, rank: Rank) -> &'static [u8] {
