@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
 """Measurement rounds and report of the gateway load benchmark.
 
-Run by bench/gateway.sh once the mock upstream and the two gateways (ledger
-durability `sync` and `batched`) are up; standard library only. It drives
+Run by bench/gateway.sh once the mock upstream, the floor proxy and the two
+gateways (ledger durability `sync` and `batched`) are up; standard library
+only. It drives
 the load generator (oha, pinned to core 0 like the mock), reads the
 gateways' CPU time and memory from /proc, times streams itself, prints the
 summary and writes it into the `## Gateway` section of BENCHMARKS.md
 (between the generated-block markers; text after them is kept).
 
-Rounds are interleaved: every repetition runs direct, sync, batched in turn
-(the order rotates each repetition), so noise from other work on the
+Rounds are interleaved: every repetition runs direct, floor, sync, batched in
+turn (the order rotates each repetition), so noise from other work on the
 machine hits every target alike.
+
+The floor (bench/floor-proxy) is a pass-through proxy on the gateway's own
+stack that parses and decides nothing. A proxy's CPU per request falls as its
+load rises (wake-ups and syscalls are shared by more requests), so besides its
+own closed-loop round each repetition also runs the floor paced at each
+gateway's closed-loop rate of that repetition: the gateway's own work per
+request is its CPU per request minus the floor's at the same rate.
 """
 
 import argparse
@@ -26,7 +34,8 @@ import time
 import urllib.parse
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGET_NAMES = ("direct", "sync", "batched")
+TARGET_NAMES = ("direct", "floor", "sync", "batched")
+PROXIES = ("floor", "sync", "batched")  # pinned to core 1, measured from /proc
 GATEWAYS = ("sync", "batched")
 BEGIN = "<!-- bench/gateway.sh: generated block begins -->"
 END = "<!-- bench/gateway.sh: generated block ends -->"
@@ -98,9 +107,11 @@ class Bench:
         self.args = args
         self.out = args.out
         os.makedirs(self.out, exist_ok=True)
-        self.pids = {"sync": args.sync_pid, "batched": args.batched_pid, "mock": args.mock_pid}
+        self.pids = {"sync": args.sync_pid, "batched": args.batched_pid, "floor": args.floor_pid,
+                     "mock": args.mock_pid}
         self.urls = {
             "direct": args.direct_url.rstrip("/") + "/chat/completions",
+            "floor": args.floor_url.rstrip("/") + "/chat/completions",
             "sync": args.sync_url.rstrip("/") + "/chat/completions",
             "batched": args.batched_url.rstrip("/") + "/chat/completions",
         }
@@ -218,9 +229,16 @@ class Bench:
             print(f"  warm-up {t:8} {rps:9.0f} req/s -> -n {counts[t]}", flush=True)
         self.results["tp_counts"] = counts
         for rep in range(a.reps):
+            rates = {}
             for t in self.order(rep):
-                self.measured(t, f"tp-{t}-{rep}", ["-c", str(a.concurrency), "-n", str(counts[t])],
-                              "throughput", rep)
+                row = self.measured(t, f"tp-{t}-{rep}", ["-c", str(a.concurrency), "-n", str(counts[t])],
+                                    "throughput", rep)
+                rates[t] = row["rps"]
+            for g in GATEWAYS:  # the floor at this gateway's rate, for its own-work figure
+                rate = max(1, round(rates[g] or 1))
+                row = self.measured("floor", f"paced-floor-{g}-{rep}",
+                                    ["-c", str(a.concurrency), "-q", str(rate), "-z", f"{a.tp_seconds}s",
+                                     "--latency-correction"], f"paced-{g}", rep)
 
     def latency(self):
         a = self.args
@@ -288,8 +306,8 @@ class Bench:
             print(f"  {t:8} n={len(s)} bad={bad[t]} ttft p50={out[t]['p50_ms']:.3f}ms "
                   f"p99={out[t]['p99_ms']:.3f}ms whole stream p50={out[t]['total_p50_ms']:.3f}ms",
                   flush=True)
-        # Paired differences: request i via a gateway minus request i direct.
-        for g in GATEWAYS:
+        # Paired differences: request i via a proxy minus request i direct.
+        for g in PROXIES:
             n = min(len(samples[g]), len(samples["direct"]))
             d = sorted(samples[g][k] - samples["direct"][k] for k in range(n))
             out[g]["added_median_ms"] = statistics.median(d) if d else None
@@ -318,7 +336,7 @@ class Bench:
         started = time.monotonic()
         self.results["started"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         self.results["loadavg_start"] = open("/proc/loadavg").read().split()[:3]
-        self.results["rss_start"] = {g: proc_status(self.pids[g], "VmRSS") for g in GATEWAYS}
+        self.results["rss_start"] = {g: proc_status(self.pids[g], "VmRSS") for g in PROXIES}
         self.results["threads_start"] = {g: len(os.listdir(f"/proc/{self.pids[g]}/task")) for g in GATEWAYS}
         print("== idle gateway CPU (5 s)", flush=True)
         self.results["idle_cpu_ms_per_s"] = self.idle_cpu()
@@ -331,7 +349,7 @@ class Bench:
         self.ledger_check()
         self.results["rss"] = {
             g: {"hwm_kb": proc_status(self.pids[g], "VmHWM"), "rss_kb": proc_status(self.pids[g], "VmRSS")}
-            for g in GATEWAYS
+            for g in PROXIES
         }
         self.results["mock_rss"] = {"hwm_kb": proc_status(self.pids["mock"], "VmHWM")}
         self.results["warnings"] = {g: log_warnings(os.path.join(self.out, f"gateway-{g}.log"))
@@ -405,7 +423,7 @@ def summarize(res):
             "core1": med([r["core1_busy_pct"] for r in tp]),
             "mock_cpu": med([r["mock_cpu_ms_per_req"] for r in tp]),
         }
-        if t in GATEWAYS:
+        if t in PROXIES:
             s[t]["cpu_tp"] = med([r["gw_cpu_ms_per_req"] for r in tp])
             s[t]["cpu_tp_range"] = rng([r["gw_cpu_ms_per_req"] for r in tp])
             s[t]["cpu_lat"] = med([r["gw_cpu_ms_per_req"] for r in lat])
@@ -424,7 +442,16 @@ def summarize(res):
             s[t]["hwm_mb"] = res["rss"][t]["hwm_kb"] / 1024
             start_kb = (res.get("rss_start") or {}).get(t)
             s[t]["rss_start_mb"] = start_kb / 1024 if start_kb else None
+        if t in GATEWAYS:
             s[t]["idle"] = res["idle_cpu_ms_per_s"][t]
+            paced = rows(f"paced-{t}", "floor")
+            s[t]["floor_cpu_at_rate"] = med([r["gw_cpu_ms_per_req"] for r in paced])
+            own = []
+            for r in tp:
+                same = [p["gw_cpu_ms_per_req"] for p in paced if p["rep"] == r["rep"]]
+                if same:
+                    own.append(r["gw_cpu_ms_per_req"] - same[0])
+            s[t]["own_cpu"], s[t]["own_cpu_range"] = med(own), rng(own)
     return s
 
 
@@ -442,7 +469,7 @@ def fr(r, digits=3):
 
 def render(res, args):
     s = summarize(res)
-    sy, ba, di = s["sync"], s["batched"], s["direct"]
+    sy, ba, di, fl = s["sync"], s["batched"], s["direct"], s["floor"]
     tt = res["ttft"]
     rate, reps = args.rate, args.reps
     lines = []
@@ -452,8 +479,11 @@ def render(res, args):
     a("Load benchmark of the whole data path: a client (oha, or a Python loop for streams) →")
     a("Tollgate (support-desk plugin bound: route, meter and price per request; a usage")
     a("record written to the ledger for every request) → the mock upstream, compared with")
-    a("the same requests sent straight to the mock. Script `bench/gateway.sh`, config")
-    a("template `bench/gateway.toml.in`, rounds and report `bench/gateway_bench.py`. Not in CI.")
+    a("the same requests sent straight to the mock, and through a **floor proxy**")
+    a("(`bench/floor-proxy`: a pass-through proxy on the gateway's own stack, axum + reqwest +")
+    a("Tokio + jemalloc, that parses and decides nothing), which shows what any proxy hop costs")
+    a("on this machine. Script `bench/gateway.sh`, config template `bench/gateway.toml.in`,")
+    a("rounds and report `bench/gateway_bench.py`. Not in CI.")
     a("")
     a("```sh")
     a(args.command)
@@ -462,63 +492,80 @@ def render(res, args):
     a(f"Machine: {args.machine}. **Shared with other engineers' builds** (load average "
       f"{' '.join(res['loadavg_start'])} at the start, {' '.join(res['loadavg_end'])} at the end); "
       "their processes are not pinned, so they compete for both cores.")
-    a("The gateway runs alone on core 1 (`taskset -c 1`; Tokio sees one CPU, so one worker")
-    a("thread, plus the ledger's and wasmtime's own threads on the same core); oha, the mock")
-    a("(`mock-upstream`, no added latency) and the stream timer share core 0. Both gateways")
-    a("(`sync`, `batched`: fresh data dirs) run side by side; every repetition runs direct,")
-    a(f"sync, batched in turn (rotating the order), {reps} repetitions, figures are medians over")
+    a("The gateways and the floor proxy run on core 1 (`taskset -c 1`; Tokio sees one CPU, so one")
+    a("worker thread, plus the ledger's and wasmtime's own threads on the same core), one of them")
+    a("loaded at a time; oha, the mock (`mock-upstream`, no added latency) and the stream timer")
+    a("share core 0. Both gateways (`sync`, `batched`: fresh data dirs) run side by side; every")
+    a("repetition runs direct, floor, sync, batched in turn (rotating the order), then the floor")
+    a("paced at each gateway's closed-loop rate of that repetition (a proxy's CPU per request")
+    a("falls as its load rises, so the gateway's own work is measured against the floor at the")
+    a(f"gateway's own rate), {reps} repetitions, figures are medians over")
     a("them (ranges in brackets). Request: one short user message, `max_tokens` 32 (the mock")
     a("answers 32 words), header `x-tollgate-tag-ticket: T-1` (the plugin meters a ticket and")
     a(f"an answer). Run of {res['started']}, commit {args.commit}.")
     a("")
-    a("| measure | direct | gateway `sync` | gateway `batched` | target | verdict |")
-    a("|---|---|---|---|---|---|")
-    a(f"| gateway CPU per request, closed loop (utime+stime / requests) | – | "
+    a("| measure | direct | floor proxy | gateway `sync` | gateway `batched` | target | verdict |")
+    a("|---|---|---|---|---|---|---|")
+    a(f"| CPU per request, closed loop (utime+stime / requests) | – | "
+      f"{fmt(fl['cpu_tp'])} ms [{fr(fl['cpu_tp_range'])}] | "
       f"{fmt(sy['cpu_tp'])} ms [{fr(sy['cpu_tp_range'])}] | {fmt(ba['cpu_tp'])} ms [{fr(ba['cpu_tp_range'])}] "
       f"| ≤ {T_CPU_MS} ms | sync {verdict(sy['cpu_tp'] <= T_CPU_MS)}, batched {verdict(ba['cpu_tp'] <= T_CPU_MS)} |")
-    a(f"| gateway CPU per request at {rate} req/s (includes idle work) | – | {fmt(sy['cpu_lat'])} ms | "
+    a(f"| floor proxy CPU per request paced at this gateway's closed-loop rate (`-q` that rate) | – | – | "
+      f"{fmt(sy['floor_cpu_at_rate'])} ms | {fmt(ba['floor_cpu_at_rate'])} ms | | |")
+    a(f"| the gateway's own CPU per request (gateway − floor at the same rate, per repetition) | – | – | "
+      f"{fmt(sy['own_cpu'])} ms [{fr(sy['own_cpu_range'])}] | {fmt(ba['own_cpu'])} ms [{fr(ba['own_cpu_range'])}] "
+      f"| | |")
+    a(f"| CPU per request at {rate} req/s (includes idle work) | – | {fmt(fl['cpu_lat'])} ms | {fmt(sy['cpu_lat'])} ms | "
       f"{fmt(ba['cpu_lat'])} ms | | |")
-    a(f"| gateway CPU when idle | – | {fmt(sy['idle'], 1)} ms/s | {fmt(ba['idle'], 1)} ms/s | | |")
+    a(f"| gateway CPU when idle | – | – | {fmt(sy['idle'], 1)} ms/s | {fmt(ba['idle'], 1)} ms/s | | |")
     a(f"| max throughput, closed loop (`-c {args.concurrency}`) | {fmt(di['rps'], 0)} req/s "
-      f"[{fr(di['rps_range'], 0)}] | {fmt(sy['rps'], 0)} req/s [{fr(sy['rps_range'], 0)}] | "
+      f"[{fr(di['rps_range'], 0)}] | {fmt(fl['rps'], 0)} req/s [{fr(fl['rps_range'], 0)}] | "
+      f"{fmt(sy['rps'], 0)} req/s [{fr(sy['rps_range'], 0)}] | "
       f"{fmt(ba['rps'], 0)} req/s [{fr(ba['rps_range'], 0)}] | ≥ {T_RPS:,} req/s on one core | "
       f"sync {verdict(sy['rps'] >= T_RPS)}, batched {verdict(ba['rps'] >= T_RPS)} |")
-    a(f"| gateway core busy during the closed loop (its CPU time / wall time) | – | {fmt(sy['gw_core'], 0)} % "
-      f"| {fmt(ba['gw_core'], 0)} % | | |")
+    a(f"| core 1 busy by the proxy during the closed loop (its CPU time / wall time) | – | {fmt(fl['gw_core'], 0)} % | "
+      f"{fmt(sy['gw_core'], 0)} % | {fmt(ba['gw_core'], 0)} % | | |")
     a(f"| core 0 busy during the closed loop (oha + mock + others) | {fmt(di['core0'], 0)} % | "
-      f"{fmt(sy['core0'], 0)} % | {fmt(ba['core0'], 0)} % | | |")
-    a(f"| latency p50 at {rate} req/s, open loop | {fmt(di['p50'])} ms | {fmt(sy['p50'])} ms | "
+      f"{fmt(fl['core0'], 0)} % | {fmt(sy['core0'], 0)} % | {fmt(ba['core0'], 0)} % | | |")
+    a(f"| latency p50 at {rate} req/s, open loop | {fmt(di['p50'])} ms | {fmt(fl['p50'])} ms | {fmt(sy['p50'])} ms | "
       f"{fmt(ba['p50'])} ms | | |")
-    a(f"| latency p99 at {rate} req/s, open loop | {fmt(di['p99'])} ms | {fmt(sy['p99'])} ms | "
+    a(f"| latency p99 at {rate} req/s, open loop | {fmt(di['p99'])} ms | {fmt(fl['p99'])} ms | {fmt(sy['p99'])} ms | "
       f"{fmt(ba['p99'])} ms | | |")
-    a(f"| **added** latency p50 (gateway − direct, same repetition) | – | {fmt(sy['add50'])} ms "
+    a(f"| **added** latency p50 (proxy − direct, same repetition) | – | {fmt(fl['add50'])} ms "
+      f"[{fr(fl['add50_range'])}] | {fmt(sy['add50'])} ms "
       f"[{fr(sy['add50_range'])}] | {fmt(ba['add50'])} ms [{fr(ba['add50_range'])}] | ≤ {T_P50_MS} ms (batched) "
       f"| batched {verdict(ba['add50'] <= T_P50_MS)}; sync {fmt(sy['add50'])} ms (may add one flush) |")
-    a(f"| **added** latency p99 | – | {fmt(sy['add99'])} ms [{fr(sy['add99_range'])}] | "
+    a(f"| **added** latency p99 | – | {fmt(fl['add99'])} ms [{fr(fl['add99_range'])}] | "
+      f"{fmt(sy['add99'])} ms [{fr(sy['add99_range'])}] | "
       f"{fmt(ba['add99'])} ms [{fr(ba['add99_range'])}] | ≤ {T_P99_MS} ms (batched) "
       f"| batched {verdict(ba['add99'] <= T_P99_MS)}; sync {fmt(sy['add99'])} ms (may add one flush) |")
     a(f"| time to first SSE event, p50 / p99 ({tt['direct']['n']} streams each) | "
       f"{fmt(tt['direct']['p50_ms'])} / {fmt(tt['direct']['p99_ms'])} ms | "
+      f"{fmt(tt['floor']['p50_ms'])} / {fmt(tt['floor']['p99_ms'])} ms | "
       f"{fmt(tt['sync']['p50_ms'])} / {fmt(tt['sync']['p99_ms'])} ms | "
       f"{fmt(tt['batched']['p50_ms'])} / {fmt(tt['batched']['p99_ms'])} ms | | |")
     def ttft_ok(g):  # judged on the larger of the two medians
         return max(g["ttft_add"], g["ttft_add50"]) <= T_TTFT_MS
 
     a(f"| **added** time to first token: p50 − p50; median of paired differences; p99 − p99 | – | "
+      f"{fmt(fl['ttft_add50'])}; {fmt(fl['ttft_add'])}; {fmt(fl['ttft_add_p99'])} ms | "
       f"{fmt(sy['ttft_add50'])}; {fmt(sy['ttft_add'])}; {fmt(sy['ttft_add_p99'])} ms | "
       f"{fmt(ba['ttft_add50'])}; {fmt(ba['ttft_add'])}; {fmt(ba['ttft_add_p99'])} ms | ≤ {T_TTFT_MS} ms "
       f"| sync {verdict(ttft_ok(sy))}, batched {verdict(ttft_ok(ba))} |")
-    a(f"| gateway peak resident memory (VmHWM at the end; VmRSS right after start) | – | "
+    a(f"| peak resident memory (VmHWM at the end; VmRSS right after start) | – | "
+      f"{fmt(fl['hwm_mb'], 1)} MB ({fmt(fl['rss_start_mb'], 1)} MB at start) | "
       f"{fmt(sy['hwm_mb'], 1)} MB ({fmt(sy['rss_start_mb'], 1)} MB at start) | "
       f"{fmt(ba['hwm_mb'], 1)} MB ({fmt(ba['rss_start_mb'], 1)} MB at start) | ≤ {T_RSS_MB} MB | "
       f"sync {verdict(sy['hwm_mb'] <= T_RSS_MB)}, batched {verdict(ba['hwm_mb'] <= T_RSS_MB)} |")
-    a(f"| gateway context switches per request (all threads), closed loop; at {rate} req/s | – | "
+    a(f"| context switches per request (all threads), closed loop; at {rate} req/s | – | "
+      f"{fmt(fl['ctx'], 1)}; {fmt(fl['ctx_lat'], 1)} | "
       f"{fmt(sy['ctx'], 1)}; {fmt(sy['ctx_lat'], 1)} | {fmt(ba['ctx'], 1)}; {fmt(ba['ctx_lat'], 1)} | | |")
-    a(f"| gateway minor page faults per request, closed loop | – | {fmt(sy['minflt'], 1)} | "
+    a(f"| minor page faults per request, closed loop | – | {fmt(fl['minflt'], 1)} | {fmt(sy['minflt'], 1)} | "
       f"{fmt(ba['minflt'], 1)} | | |")
-    a(f"| mock upstream CPU per request (for scale) | {fmt(di['mock_cpu'])} ms | {fmt(sy['mock_cpu'])} ms | "
-      f"{fmt(ba['mock_cpu'])} ms | | |")
+    a(f"| mock upstream CPU per request (for scale) | {fmt(di['mock_cpu'])} ms | {fmt(fl['mock_cpu'])} ms | "
+      f"{fmt(sy['mock_cpu'])} ms | {fmt(ba['mock_cpu'])} ms | | |")
     a(f"| non-200 answers or transport errors / requests measured | {di['bad']} / {di['ok'] + di['bad']} | "
+      f"{fl['bad']} / {fl['ok'] + fl['bad']} | "
       f"{sy['bad']} / {sy['ok'] + sy['bad']} | {ba['bad']} / {ba['ok'] + ba['bad']} | 0 | |")
     warn = res.get("warnings", {})
 
@@ -529,14 +576,14 @@ def render(res, args):
         top = sorted(w["messages"].items(), key=lambda kv: -kv[1])[:2]
         return f"{w['total']}: " + "; ".join(f"{n}× {m}" for m, n in top)
 
-    a(f"| gateway log lines at WARN/ERROR during the run | – | {wtext('sync')} | {wtext('batched')} | 0 | |")
+    a(f"| gateway log lines at WARN/ERROR during the run | – | – | {wtext('sync')} | {wtext('batched')} | 0 | |")
     led = res["ledger"]
     def refused(g):
         return sum(n for m, n in warn.get(g, {"messages": {}})["messages"].items()
                    if "route failed; refusing" in m)
 
     a(f"| usage records in the ledger (`GET /v1/usage`) / requests sent, warm-ups included "
-      f"(a request refused at routing gets no record, by design) | – | "
+      f"(a request refused at routing gets no record, by design) | – | – | "
       f"{led['sync']['recorded']} / {led['sync']['sent']} ({refused('sync')} refused) | "
       f"{led['batched']['recorded']} / {led['batched']['sent']} ({refused('batched')} refused) | "
       f"sent − refused | |")
@@ -584,9 +631,11 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--direct-url", required=True)
+    p.add_argument("--floor-url", required=True)
     p.add_argument("--sync-url", required=True)
     p.add_argument("--batched-url", required=True)
     p.add_argument("--mock-pid", type=int, required=True)
+    p.add_argument("--floor-pid", type=int, required=True)
     p.add_argument("--sync-pid", type=int, required=True)
     p.add_argument("--batched-pid", type=int, required=True)
     p.add_argument("--probes", type=int, default=0, help="requests already sent to each gateway")
