@@ -72,6 +72,7 @@ struct RawLedger {
     timezone: Option<String>,
     grace_hours: Option<u32>,
     platform_fee_percent: Option<String>,
+    cache_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -174,6 +175,8 @@ pub struct LedgerSettings {
     pub grace_hours: u32,
     /// The operator's fee on agency earnings, percent.
     pub platform_fee_percent: Decimal,
+    /// sled's page cache, bytes.
+    pub cache_bytes: u64,
 }
 
 /// How usage records reach disk.
@@ -548,6 +551,11 @@ impl Validator<'_> {
                     fee
                 }
                 None => Decimal::TEN,
+            },
+            cache_bytes: match raw.ledger.cache_mib {
+                None => tollgate_ledger::DEFAULT_CACHE_BYTES,
+                Some(mib @ 1..=65536) => mib << 20,
+                Some(_) => return Err(self.err("ledger.cache_mib", "must be between 1 and 65536")),
             },
         };
 

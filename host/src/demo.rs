@@ -184,6 +184,7 @@ pub fn demo_config(
             timezone: "UTC".into(),
             grace_hours: 72,
             platform_fee_percent: Decimal::TEN,
+            cache_bytes: tollgate_ledger::DEFAULT_CACHE_BYTES,
         },
         plugins: PluginSettings {
             deadline: std::time::Duration::from_millis(5),

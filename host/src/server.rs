@@ -91,6 +91,7 @@ pub fn ledger_config(config: &Config) -> Result<LedgerConfig, ConfigError> {
             grace: chrono::Duration::hours(i64::from(s.grace_hours)),
         },
         platform_fee_pct: s.platform_fee_percent,
+        cache_bytes: s.cache_bytes,
         ..LedgerConfig::default()
     })
 }

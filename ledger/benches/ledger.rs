@@ -11,7 +11,9 @@
 //!
 //! Sizes scale with `LEDGER_BENCH_SCALE` (default 1.0). `LEDGER_BENCH_ONLY` (a
 //! comma-separated subset of `ingest`, `async`, `raw`, `sync`, `month`) runs only those
-//! sections; `LEDGER_BENCH_WRITERS` (e.g. `64`) limits the batched ingest runs.
+//! sections; `LEDGER_BENCH_WRITERS` (e.g. `64`) limits the batched ingest runs;
+//! `LEDGER_BENCH_CACHE_MIB` sets the ledger's sled page cache (default: the
+//! ledger's default, 4 MiB).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
@@ -149,8 +151,17 @@ fn open(
         path: Some(dir.to_path_buf()),
         durability,
         clock: clock.clock(),
+        cache_bytes: cache_bytes(),
         ..LedgerConfig::default()
     })?)
+}
+
+/// The sled page cache of every ledger the bench opens.
+fn cache_bytes() -> u64 {
+    std::env::var("LEDGER_BENCH_CACHE_MIB")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(tollgate_ledger::DEFAULT_CACHE_BYTES, |mib| mib << 20)
 }
 
 /// Records `total` records from `writers` threads; returns records/s until the
@@ -303,7 +314,10 @@ fn main() -> Result<(), BoxError> {
         Ok(s) => s.split(',').filter_map(|w| w.trim().parse().ok()).collect(),
         Err(_) => vec![1, 8, 64],
     };
-    println!("## tollgate-ledger benchmarks (scale {scale}, medians of {runs} runs)\n");
+    println!(
+        "## tollgate-ledger benchmarks (scale {scale}, medians of {runs} runs, sled cache {} MiB)\n",
+        cache_bytes() >> 20
+    );
     println!("| benchmark | median | per CPU-second |");
     println!("|---|---|---|");
 
@@ -430,7 +444,7 @@ fn month_section(n: impl Fn(f64) -> u64) -> Result<(), BoxError> {
     drop(ledger);
 
     // Baseline: one client's statement total by scanning every record.
-    let store = SledStore::open(dir.path())?;
+    let store = SledStore::open_with_cache(dir.path(), cache_bytes())?;
     let scan_ms = time_ms(1, || {
         let mut total = Decimal::ZERO;
         store.for_each_record(None, &mut |r| {

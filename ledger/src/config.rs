@@ -100,7 +100,15 @@ pub struct LedgerConfig {
     pub platform_fee_pct: Decimal,
     pub alert_backoff: Backoff,
     pub clock: Clock,
+    /// The sled page cache, in bytes (sled counts serialized bytes; the
+    /// resident memory it takes is several times this). More cache keeps more
+    /// of the tree's working set (one leaf per active client and aggregate)
+    /// in memory and speeds ingest; the default keeps a gateway small.
+    pub cache_bytes: u64,
 }
+
+/// The default sled page cache: 4 MiB (see [`LedgerConfig::cache_bytes`]).
+pub const DEFAULT_CACHE_BYTES: u64 = 4 << 20;
 
 impl Default for LedgerConfig {
     fn default() -> Self {
@@ -118,6 +126,7 @@ impl Default for LedgerConfig {
             platform_fee_pct: Decimal::new(10, 0),
             alert_backoff: Backoff::default(),
             clock: Clock::system(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }

@@ -81,7 +81,7 @@ impl Ledger {
     /// Opens the sled ledger at `config.path` (temporary when `None`).
     pub fn open(config: LedgerConfig) -> Result<Ledger, LedgerError> {
         let store = match &config.path {
-            Some(p) => SledStore::open(p)?,
+            Some(p) => SledStore::open_with_cache(p, config.cache_bytes)?,
             None => SledStore::temporary()?,
         };
         let control = SledControlStore::new(store.db())?;

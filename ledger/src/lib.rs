@@ -24,7 +24,7 @@ pub mod store;
 pub mod verify;
 
 pub use alerts::{AlertPayload, Backoff, SignedHeaders, sign_payload, verify_signature};
-pub use config::{Clock, Durability, LedgerConfig, ManualClock};
+pub use config::{Clock, DEFAULT_CACHE_BYTES, Durability, LedgerConfig, ManualClock};
 pub use control::{
     AuditEntry, AuditQuery, ControlChange, ControlError, ControlStore, Document, DocumentWrite,
     MemoryControlStore, SledControlStore,

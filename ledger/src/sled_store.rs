@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::config::DEFAULT_CACHE_BYTES;
 use crate::error::StoreError;
 use crate::model::{
     AggKey, AggScan, Alert, ClientPlan, CreditBucket, CreditEntry, CreditUse, Meta, Page, RecordId,
@@ -177,15 +178,6 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
-/// sled's page cache. Its default (1 GiB) lets a busy gateway's resident
-/// memory grow far past what the ledger needs: writes are appends and reads
-/// are running aggregates the writer keeps in memory, so a small cache costs
-/// little. sled's real footprint is several times this figure (it counts
-/// serialized bytes): measured with glibc's allocator, 16 MiB let a gateway
-/// grow by 2.3 KB per request served and 4 MiB by 1.5 KB, with no measurable
-/// change in ingest speed.
-const CACHE_BYTES: u64 = 4 << 20;
-
 /// Hands this thread's deferred sled garbage to crossbeam's global queue.
 ///
 /// sled frees replaced pages and its 512 KiB log buffers through crossbeam's
@@ -195,7 +187,8 @@ const CACHE_BYTES: u64 = 4 << 20;
 /// piled up with the flush interval: the gateway peaked at 64 MB with a 2 ms
 /// interval, 72 MB at 10 ms and 92 MB at 100 ms. Handing the bag over after
 /// every commit and flush lets the next collection free them (67 MB at 100 ms,
-/// 62-63 MB at 10 ms, and less CPU per request: BENCHMARKS.md, Gateway).
+/// 62-63 MB at 10 ms; CPU per request unchanged within noise: BENCHMARKS.md,
+/// Gateway).
 fn release_deferred_garbage() {
     crossbeam_epoch::pin().flush();
 }
@@ -235,13 +228,24 @@ fn wait_for_lock_release(dir: &Path) {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database at `path`. Sled's own background flusher is
-    /// off: the engine decides when to flush, per durability mode.
+    /// Opens (or creates) the database at `path` with the default page cache
+    /// ([`DEFAULT_CACHE_BYTES`]).
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database at `path` with a page cache of
+    /// `cache_bytes`. Sled's own background flusher is off: the engine decides
+    /// when to flush, per durability mode.
+    ///
+    /// sled's default cache (1 GiB) lets a busy gateway's resident memory grow
+    /// far past what the ledger needs, so the default here is small; a larger
+    /// one speeds ingest once the tree outgrows it (BENCHMARKS.md, Ledger).
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         wait_for_lock_release(path);
         let db = sled::Config::new()
             .path(path)
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()?;

@@ -238,6 +238,8 @@ pub async fn start_with(clients: Vec<ClientSpec>, options: Options) -> TestGatew
             timezone: "UTC".into(),
             grace_hours: 72,
             platform_fee_percent: Decimal::TEN,
+            // Smaller than the default: the suite runs many gateways at once.
+            cache_bytes: 1 << 20,
         },
         plugins: PluginSettings {
             deadline: options.plugin_deadline,
