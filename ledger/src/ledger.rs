@@ -63,6 +63,25 @@ impl Drop for Inner {
     }
 }
 
+/// A usage record in the writer's queue ([`Ledger::queue_record_async`]).
+#[derive(Debug)]
+#[must_use = "dropping it does not cancel the record, but its outcome is then unknown"]
+pub struct QueuedRecord {
+    reply: flume::Receiver<Result<Reply, LedgerError>>,
+}
+
+impl QueuedRecord {
+    /// Waits until the record is applied (`batched`) or durable (`sync`).
+    pub async fn outcome(self) -> Result<RecordOutcome, LedgerError> {
+        expect_record(
+            self.reply
+                .recv_async()
+                .await
+                .map_err(|_| LedgerError::Closed)??,
+        )
+    }
+}
+
 /// The usage ledger. Cheap to clone; the writer stops when the last clone drops.
 #[derive(Clone)]
 pub struct Ledger {
@@ -153,6 +172,11 @@ impl Ledger {
         &*self.inner.shared.store
     }
 
+    /// When a write counts as done.
+    pub fn durability(&self) -> Durability {
+        self.shared().cfg.durability
+    }
+
     pub fn currency(&self) -> Currency {
         self.shared().cfg.currency
     }
@@ -187,19 +211,26 @@ impl Ledger {
     /// Async flavour of the queue round trip. Must run inside a tokio runtime
     /// (the enqueue timeout uses tokio's timer); the group-commit wait is awaited.
     async fn submit_async(&self, cmd: Command) -> Result<Reply, LedgerError> {
+        let reply = self.enqueue_async(cmd).await?;
+        reply.recv_async().await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Queues `cmd`, waiting for room in a full queue (backpressure) up to the
+    /// enqueue timeout; returns the channel its reply will arrive on.
+    async fn enqueue_async(
+        &self,
+        cmd: Command,
+    ) -> Result<flume::Receiver<Result<Reply, LedgerError>>, LedgerError> {
         let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
         let (rtx, rrx) = flume::bounded(1);
         let timeout = self.shared().cfg.enqueue_timeout;
         match tokio::time::timeout(timeout, tx.send_async(Job { cmd, reply: rtx })).await {
-            Err(_) => {
-                return Err(LedgerError::Overloaded {
-                    waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                });
-            }
-            Ok(Err(_)) => return Err(LedgerError::Closed),
-            Ok(Ok(())) => {}
+            Err(_) => Err(LedgerError::Overloaded {
+                waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+            Ok(Err(_)) => Err(LedgerError::Closed),
+            Ok(Ok(())) => Ok(rrx),
         }
-        rrx.recv_async().await.map_err(|_| LedgerError::Closed)?
     }
 
     /// Records one request's usage, settling its reservation if it names one.
@@ -212,6 +243,23 @@ impl Ledger {
     /// [`Ledger::record`] for async callers.
     pub async fn record_async(&self, record: UsageRecord) -> Result<RecordOutcome, LedgerError> {
         expect_record(self.submit_async(Command::Record(Box::new(record))).await?)
+    }
+
+    /// The first half of [`Ledger::record_async`]: returns once the record is
+    /// in the writer's queue (waiting for room in a full queue, so overload
+    /// still pushes back on the caller, and `Overloaded` after the enqueue
+    /// timeout). [`QueuedRecord::outcome`] then waits for what `record_async`
+    /// waits for. A queued record is applied even if its `QueuedRecord` is
+    /// dropped, and a ledger that closes drains its queue first; a crash
+    /// before the next flush loses it, as it would an applied one in
+    /// `batched` mode.
+    pub async fn queue_record_async(
+        &self,
+        record: UsageRecord,
+    ) -> Result<QueuedRecord, LedgerError> {
+        self.enqueue_async(Command::Record(Box::new(record)))
+            .await
+            .map(|reply| QueuedRecord { reply })
     }
 
     /// Books a reversal of the record stored under `original_idempotency_key`:

@@ -31,7 +31,7 @@ pub use control::{
 };
 pub use engine::Reservation;
 pub use error::{LedgerError, StoreError};
-pub use ledger::{Balance, Ledger};
+pub use ledger::{Balance, Ledger, QueuedRecord};
 pub use model::*;
 pub use money::Currency;
 pub use period::{Calendar, Period};

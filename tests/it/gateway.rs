@@ -149,6 +149,86 @@ async fn a_chat_request_is_routed_metered_priced_and_recorded_once() {
     gw.stop().await;
 }
 
+/// In `batched` mode the gateway answers once a record is queued, not
+/// applied: every request must still end with exactly one record, each
+/// reservation must be settled by its record, and a restart (a graceful
+/// shutdown waits for the queued records) must keep them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_gateway_answers_before_applying_and_still_records_each_request_once() {
+    let options = Options {
+        durability: tollgate::config::Durability::Batched(Duration::from_millis(50)),
+        ..Options::default()
+    };
+    let gw = gateway::start_with(
+        vec![ClientSpec::new("acme", "support-desk", SUPPORT)],
+        options,
+    )
+    .await;
+    let sent = 24;
+    let answers = futures::future::join_all((0..sent).map(|i| {
+        let mut body = chat("mini-ok", &format!("question {i}"));
+        if i % 3 == 0 {
+            body["stream"] = json!(true);
+        }
+        let gw = &gw;
+        async move {
+            let r = gw.chat("acme", &body).await;
+            let status = r.status().as_u16();
+            let id = header(&r, "x-request-id").to_owned();
+            let text = r.text().await.unwrap();
+            (status, id, text)
+        }
+    }))
+    .await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, id, text) in &answers {
+        assert_eq!(*status, 200, "{text}");
+        ids.insert(id.clone());
+    }
+    assert_eq!(ids.len(), sent);
+
+    let recs = wait_for_records(&gw, "acme", sent).await;
+    let recorded: std::collections::BTreeSet<_> =
+        recs.iter().map(|r| r.record.request_id.clone()).collect();
+    assert_eq!(recorded, ids, "one record per answered request");
+    for _ in 0..100 {
+        if gw.state.ledger.outstanding("acme").unwrap() == Decimal::ZERO {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        gw.state.ledger.outstanding("acme").unwrap(),
+        Decimal::ZERO,
+        "every reservation settled by its record"
+    );
+    // The outcome of each queued record is still waited for (off the
+    // request's path) and counted.
+    let counted = format!("tollgate_usage_records_total {sent}");
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(format!("{}/metrics", gw.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(&counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metrics.contains(&counted), "{metrics}");
+    assert!(
+        metrics.contains("tollgate_usage_record_failures_total 0"),
+        "{metrics}"
+    );
+
+    let gw = gw.restart().await;
+    assert_eq!(records(&gw, "acme").len(), sent, "kept across a restart");
+    gw.stop().await;
+}
+
 async fn sse_events(r: reqwest::Response) -> Vec<String> {
     let text = r.text().await.unwrap();
     text.split("\n\n")

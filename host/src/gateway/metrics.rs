@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::pipeline::Bill;
+use tollgate_ledger::RecordFlags;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -132,13 +132,13 @@ impl GatewayMetrics {
             .inc();
     }
 
-    pub(super) fn recorded(&self, bill: &Bill) {
+    pub(super) fn recorded(&self, flags: &RecordFlags) {
         self.records.inc();
         for (flag, set) in [
-            ("partial", bill.flags.partial),
-            ("estimated", bill.flags.estimated),
-            ("fail_open", bill.flags.fail_open),
-            ("failed", bill.flags.failed),
+            ("partial", flags.partial),
+            ("estimated", flags.estimated),
+            ("fail_open", flags.fail_open),
+            ("failed", flags.failed),
         ] {
             if set {
                 self.flagged

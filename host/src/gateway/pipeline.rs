@@ -13,7 +13,10 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
-use tollgate_ledger::{PluginRef, RecordFlags, Reservation, Tokens, UsageRecord};
+use tollgate_ledger::{
+    Durability, Ledger, PluginRef, QueuedRecord, RecordFlags, Reservation, ReservationId, Tokens,
+    UsageRecord,
+};
 use tollgate_plugin_types::{
     BusinessUnit, Endpoint, ModelOffer, OfferRef, Outcome, PeriodUsage, PriceQuote, RequestSummary,
     RouteDecision, Usage,
@@ -601,12 +604,32 @@ async fn record(
         reservation_id: prepared.reservation.as_ref().map(|r| r.id),
     };
     // The same idempotency key makes retries safe: a retry after a lost
-    // acknowledgement is recorded once.
+    // acknowledgement is recorded once. Only queueing is retried; a full
+    // queue pushes back on the request in both durability modes.
     let mut last_error = None;
     for attempt in 0..3u32 {
-        match state.ledger.record_async(record.clone()).await {
-            Ok(_) => {
-                state.metrics.recorded(bill);
+        match state.ledger.queue_record_async(record.clone()).await {
+            Ok(queued) => {
+                let outcome = RecordOutcome {
+                    ledger: state.ledger.clone(),
+                    metrics: state.metrics.clone(),
+                    reservation: prepared.reservation.as_ref().map(|r| r.id),
+                    flags: bill.flags,
+                    record,
+                };
+                match state.ledger.durability() {
+                    // Sync mode promises the record is on disk before the
+                    // answer completes.
+                    Durability::Sync => outcome.wait(queued).await,
+                    // Batched mode promises a flush within the interval, not
+                    // an applied group before the answer: the reservation holds
+                    // the spend until the record settles it, so the answer
+                    // need not wait for the writer. Shutdown waits for the
+                    // tracked task (and the ledger drains its queue).
+                    Durability::Batched { .. } => {
+                        state.requests.spawn(outcome.wait(queued));
+                    }
+                }
                 return Ok(());
             }
             Err(e @ tollgate_ledger::LedgerError::Overloaded { .. }) => {
@@ -621,8 +644,54 @@ async fn record(
         }
     }
     let error = last_error.map(|e| e.to_string()).unwrap_or_default();
-    state.metrics.record_failed();
-    release(state, prepared);
+    not_written(
+        &state.ledger,
+        &state.metrics,
+        prepared.reservation.as_ref().map(|r| r.id),
+        &record,
+        &error,
+    );
+    Ok(())
+}
+
+/// A queued usage record and what its outcome must update.
+struct RecordOutcome {
+    ledger: Ledger,
+    metrics: super::metrics::GatewayMetrics,
+    reservation: Option<ReservationId>,
+    flags: RecordFlags,
+    record: UsageRecord,
+}
+
+impl RecordOutcome {
+    async fn wait(self, queued: QueuedRecord) {
+        match queued.outcome().await {
+            Ok(_) => self.metrics.recorded(&self.flags),
+            Err(e) => not_written(
+                &self.ledger,
+                &self.metrics,
+                self.reservation,
+                &self.record,
+                &e.to_string(),
+            ),
+        }
+    }
+}
+
+/// A usage record the ledger refused or lost after the provider answered.
+fn not_written(
+    ledger: &Ledger,
+    metrics: &super::metrics::GatewayMetrics,
+    reservation: Option<ReservationId>,
+    record: &UsageRecord,
+    error: &str,
+) {
+    metrics.record_failed();
+    if let Some(id) = reservation
+        && let Err(e) = ledger.release(id)
+    {
+        tracing::warn!(error = %e, "could not release a reservation");
+    }
     // The provider has answered and the client gets the answer: withholding
     // it would only make the client retry and pay for a second provider call.
     // The record is logged in full, counted in
@@ -630,10 +699,9 @@ async fn record(
     // idempotency key makes a replay count once).
     tracing::error!(
         error = %error,
-        record = %serde_json::to_string(&record).unwrap_or_default(),
+        record = %serde_json::to_string(record).unwrap_or_default(),
         "USAGE RECORD NOT WRITTEN: the answer was served; replay this record"
     );
-    Ok(())
 }
 
 /// Releases a reservation for a request that ends without a record (only
