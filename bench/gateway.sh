@@ -5,7 +5,7 @@
 # stack (bench/floor-proxy) that shows what any proxy hop costs on this
 # machine. Not part of CI. Loopback addresses only.
 #
-#   bench/gateway.sh            # full run (~4 min of measuring after the builds), writes
+#   bench/gateway.sh            # full run (~6 min of measuring after the builds), writes
 #                               # the ## Gateway section of BENCHMARKS.md
 #   bench/gateway.sh --quick    # smoke run (~30 s), writes nothing but target/
 #   bench/gateway.sh --no-write # full run, leaves BENCHMARKS.md alone

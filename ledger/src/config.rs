@@ -104,6 +104,8 @@ pub struct LedgerConfig {
     /// resident memory it takes is several times this). More cache keeps more
     /// of the tree's working set (one leaf per active client and aggregate)
     /// in memory and speeds ingest; the default keeps a gateway small.
+    /// Applies to on-disk ledgers (`path` set); a temporary one keeps sled's
+    /// own default.
     pub cache_bytes: u64,
 }
 

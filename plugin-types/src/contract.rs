@@ -20,7 +20,9 @@ pub enum Endpoint {
     Embeddings,
 }
 
-/// The client's usage so far in the current billing period.
+/// The client's usage so far in the current billing period. Requests still
+/// in flight are not in it: concurrent ones never are, and with the ledger's
+/// `batched` durability a request answered a moment ago may not be either.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeriodUsage {

@@ -21,6 +21,7 @@ use tollgate_plugin_types::{
     BusinessUnit, Endpoint, ModelOffer, OfferRef, Outcome, PeriodUsage, PriceQuote, RequestSummary,
     RouteDecision, Usage,
 };
+use tracing::Instrument;
 
 use super::AppState;
 use super::error::ApiError;
@@ -627,7 +628,7 @@ async fn record(
                     // need not wait for the writer. Shutdown waits for the
                     // tracked task (and the ledger drains its queue).
                     Durability::Batched { .. } => {
-                        state.requests.spawn(outcome.wait(queued));
+                        state.requests.spawn(outcome.wait(queued).in_current_span());
                     }
                 }
                 return Ok(());
