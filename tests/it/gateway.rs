@@ -150,6 +150,47 @@ async fn a_chat_request_is_routed_metered_priced_and_recorded_once() {
     gw.stop().await;
 }
 
+/// A binding keeps one instance created ahead of its next request (off that
+/// request's path), and requests served from it behave like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_keeps_an_instance_ready_for_its_next_request() {
+    let gw = gateway::start(vec![ClientSpec::new("acme", "support-desk", SUPPORT)]).await;
+    let binding = gw
+        .state
+        .directory
+        .load()
+        .client("acme")
+        .unwrap()
+        .binding
+        .clone();
+    assert!(
+        binding.warm.lock().unwrap().is_none(),
+        "none before any request"
+    );
+    for round in 0..3 {
+        let r = gw
+            .post("acme", "/v1/chat/completions")
+            .header("x-tollgate-tag-ticket", format!("T-{round}"))
+            .json(&chat("pro-ok", "My order never arrived"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-tollgate-units"), "ticket=1;answer=1");
+        let mut ready = false;
+        for _ in 0..100 {
+            if binding.warm.lock().unwrap().is_some() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ready, "an instance waits after request {round}");
+    }
+    assert_eq!(records(&gw, "acme").len(), 3);
+    gw.stop().await;
+}
+
 /// In `batched` mode the gateway answers once a record is queued, not
 /// applied (a timing this test does not observe): every request must still
 /// end with exactly one record, each reservation must be settled by its

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate::plugin::policy::{FailurePolicy, RouteOutcome, route_outcome};
-use tollgate::plugin::{ContentHash, LoadError, PluginError, RuntimeLimits, WorldVersion};
+use tollgate::plugin::{
+    ContentHash, LoadError, MAX_WARM_INSTANCES, PluginError, PluginStats, RuntimeLimits,
+    WorldVersion,
+};
 use tollgate_plugin_types::{Outcome, RouteDecision, Usage};
 
 use crate::support::{self, offers, plugin_bytes, request};
@@ -73,6 +76,46 @@ async fn the_same_bytes_compile_once() {
     let first = runtime.load(plugin_bytes("lead-qualifier")).await.unwrap();
     let second = runtime.load(plugin_bytes("lead-qualifier")).await.unwrap();
     assert!(Arc::ptr_eq(&first, &second));
+}
+
+/// An instance created ahead of its request is as fresh as any other: never
+/// called before, serving the request it is handed to, and no more than
+/// `MAX_WARM_INSTANCES` wait at once (each holds a pool slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_created_ahead_are_fresh_and_capped() {
+    let (runtime, _) = support::runtime();
+    let plugin = runtime.load(plugin_bytes("hostile")).await.unwrap();
+    let stats = Arc::new(PluginStats::default());
+    let mut waiting = Vec::new();
+    for _ in 0..MAX_WARM_INSTANCES {
+        waiting.push(
+            plugin
+                .warm_session_for(stats.clone())
+                .await
+                .expect("room for one more"),
+        );
+    }
+    assert!(
+        plugin.warm_session_for(stats.clone()).await.is_none(),
+        "no more than MAX_WARM_INSTANCES wait"
+    );
+    for (i, warm) in waiting.into_iter().enumerate() {
+        let request_id = format!("r{i}");
+        let mut session = warm.into_session(&request_id).unwrap();
+        assert_eq!(session.request_id(), request_id);
+        let first = session
+            .route("counter", &request("demo-mini"), &offers())
+            .await
+            .unwrap();
+        assert_eq!(first.unwrap_err().message, "calls=1", "{request_id}");
+    }
+    // Handed over, they no longer count against the cap.
+    assert!(plugin.warm_session_for(stats.clone()).await.is_some());
+    assert_eq!(
+        stats.calls(),
+        MAX_WARM_INSTANCES as u64,
+        "calls counted for the tenant"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -659,12 +659,12 @@ impl Admin {
             directory.insert_client(ClientEntry {
                 id: client.id.clone(),
                 agency_id: client.agency_id.clone(),
-                binding: Arc::new(Binding {
+                binding: Arc::new(Binding::new(
                     plugin,
-                    config: doc.config.as_str().into(),
-                    policy: doc.failure_policy,
-                    stats: self.version_stats(&client.agency_id, &doc.plugin_sha256),
-                }),
+                    doc.config.as_str().into(),
+                    doc.failure_policy,
+                    self.version_stats(&client.agency_id, &doc.plugin_sha256),
+                )),
                 models: client.models.as_ref().map(|m| m.iter().cloned().collect()),
                 rate_limit: self.limiter(&client.id, client.rate_limit_per_minute),
             });

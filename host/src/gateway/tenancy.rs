@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use crate::plugin::policy::FailurePolicy;
-use crate::plugin::{CompiledPlugin, PluginError, PluginStats, Session};
+use crate::plugin::{CompiledPlugin, PluginError, PluginStats, Session, WarmSession};
 
 /// Prefix of client app keys.
 pub const APP_KEY_PREFIX: &str = "tg_live_";
@@ -30,14 +30,60 @@ pub struct Binding {
     pub policy: FailurePolicy,
     /// This agency's call figures for the version.
     pub stats: Arc<PluginStats>,
+    /// An instance created ahead of this binding's next request.
+    pub warm: std::sync::Mutex<Option<WarmSession>>,
 }
 
 impl Binding {
-    /// A fresh plugin instance for one request, counted for this agency.
-    pub async fn session(&self, request_id: &str) -> Result<Session, PluginError> {
-        self.plugin
-            .session_for(request_id, self.stats.clone())
-            .await
+    /// A binding with no instance waiting yet.
+    pub fn new(
+        plugin: Arc<CompiledPlugin>,
+        config: Arc<str>,
+        policy: FailurePolicy,
+        stats: Arc<PluginStats>,
+    ) -> Self {
+        Self {
+            plugin,
+            config,
+            policy,
+            stats,
+            warm: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A fresh plugin instance for one request, counted for this agency: the
+    /// one created ahead of it if there is one (so instantiating does not
+    /// delay the request), else a new one. Either way a replacement is then
+    /// created on a task of its own, which runs while this request waits on
+    /// something else (the provider, the client).
+    pub async fn session(self: &Arc<Self>, request_id: &str) -> Result<Session, PluginError> {
+        let waiting = self.warm.lock().ok().and_then(|mut slot| slot.take());
+        self.create_ahead();
+        match waiting.and_then(|w| w.into_session(request_id)) {
+            Some(session) => Ok(session),
+            None => {
+                self.plugin
+                    .session_for(request_id, self.stats.clone())
+                    .await
+            }
+        }
+    }
+
+    fn create_ahead(self: &Arc<Self>) {
+        let binding = Arc::clone(self);
+        tokio::spawn(async move {
+            if binding.warm.lock().map_or(true, |slot| slot.is_some()) {
+                return;
+            }
+            let Some(warm) = binding.plugin.warm_session_for(binding.stats.clone()).await else {
+                return;
+            };
+            if let Ok(mut slot) = binding.warm.lock()
+                && slot.is_none()
+            {
+                *slot = Some(warm);
+            }
+        });
     }
 }
 

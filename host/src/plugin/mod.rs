@@ -141,7 +141,14 @@ struct Shared {
     cache: Mutex<HashMap<ContentHash, std::sync::Weak<CompiledPlugin>>>,
     metrics: PluginMetrics,
     ticker: Arc<EpochTicker>,
+    /// Instances created ahead of a request ([`WarmSession`]), runtime-wide.
+    warm: std::sync::atomic::AtomicUsize,
 }
+
+/// At most this many instances wait, created ahead of the request that will
+/// use them ([`CompiledPlugin::warm_session_for`]): each holds a pool slot
+/// and its resident pages.
+pub const MAX_WARM_INSTANCES: usize = 16;
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -165,6 +172,7 @@ impl PluginRuntime {
                 cache: Mutex::new(HashMap::new()),
                 metrics,
                 ticker,
+                warm: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -938,6 +946,30 @@ impl CompiledPlugin {
             .await
     }
 
+    /// A fresh instance created before the request that will use it, so
+    /// instantiation need not delay that request. `None` when
+    /// [`MAX_WARM_INSTANCES`] are already waiting or instantiation fails (the
+    /// request then instantiates as usual and meets the error itself, so it
+    /// is not counted here).
+    pub async fn warm_session_for(&self, tenant_stats: Arc<PluginStats>) -> Option<WarmSession> {
+        use std::sync::atomic::Ordering;
+        let warm = &self.shared.warm;
+        warm.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_WARM_INSTANCES).then_some(n + 1)
+        })
+        .ok()?;
+        let slot = WarmSlot(self.shared.clone());
+        let deadline = self.shared.limits.deadline;
+        let session = self
+            .build_session("(warm)", deadline, tenant_stats, false)
+            .await
+            .ok()?;
+        Some(WarmSession {
+            session: Some(session),
+            _slot: slot,
+        })
+    }
+
     /// A fresh instance for an admin-time call (`describe` at load,
     /// `validate-config` at bind): no client is waiting on it, so a loaded
     /// machine must not fail an upload or a binding over a few milliseconds.
@@ -952,6 +984,18 @@ impl CompiledPlugin {
         request_id: &str,
         deadline: Duration,
         stats: Arc<PluginStats>,
+    ) -> Result<Session, PluginError> {
+        self.build_session(request_id, deadline, stats, true).await
+    }
+
+    /// Instantiates; a failure is counted in `stats` and the metrics when
+    /// `count_failure`.
+    async fn build_session(
+        &self,
+        request_id: &str,
+        deadline: Duration,
+        stats: Arc<PluginStats>,
+        count_failure: bool,
     ) -> Result<Session, PluginError> {
         let limits = &self.shared.limits;
         let state = StoreState::new(
@@ -976,8 +1020,10 @@ impl CompiledPlugin {
             Ok(guest) => guest,
             Err(e) => {
                 let error = classify(e, &store, deadline, limits.memory_bytes);
-                stats.record(Duration::ZERO, true);
-                self.series.record_error(Capability::Describe, &error);
+                if count_failure {
+                    stats.record(Duration::ZERO, true);
+                    self.series.record_error(Capability::Describe, &error);
+                }
                 return Err(error);
             }
         };
@@ -1015,6 +1061,34 @@ fn deadline_ticks(deadline: Duration) -> u64 {
         + 1
 }
 
+/// Counts one waiting instance in [`MAX_WARM_INSTANCES`] until dropped.
+struct WarmSlot(Arc<Shared>);
+
+impl Drop for WarmSlot {
+    fn drop(&mut self) {
+        self.0
+            .warm
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// An instance created ahead of its request
+/// ([`CompiledPlugin::warm_session_for`]). It serves exactly one request, as
+/// any [`Session`] does; it has only been instantiated, never called.
+pub struct WarmSession {
+    session: Option<Session>,
+    _slot: WarmSlot,
+}
+
+impl WarmSession {
+    /// The instance, now serving `request_id` (its log lines say so).
+    pub fn into_session(mut self, request_id: &str) -> Option<Session> {
+        let mut session = self.session.take()?;
+        request_id.clone_into(&mut session.store.data_mut().log.request_id);
+        Some(session)
+    }
+}
+
 /// One plugin instance serving one request. Drop it when done.
 pub struct Session {
     store: Store<StoreState>,
@@ -1029,6 +1103,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The request this instance serves (its log lines carry it).
+    pub fn request_id(&self) -> &str {
+        &self.store.data().log.request_id
+    }
+
     /// Peak linear memory of this instance so far, in bytes.
     pub fn peak_memory(&self) -> usize {
         self.store.data().limiter.peak
