@@ -101,7 +101,7 @@ async fn instances_created_ahead_are_fresh_and_capped() {
     );
     for (i, warm) in waiting.into_iter().enumerate() {
         let request_id = format!("r{i}");
-        let mut session = warm.into_session(&request_id).unwrap();
+        let mut session = warm.into_session(&request_id);
         assert_eq!(session.request_id(), request_id);
         let first = session
             .route("counter", &request("demo-mini"), &offers())

@@ -704,13 +704,3 @@ fn not_written(
         "USAGE RECORD NOT WRITTEN: the answer was served; replay this record"
     );
 }
-
-/// Releases a reservation for a request that ends without a record (only
-/// before any provider was called).
-pub fn release(state: &AppState, prepared: &Prepared) {
-    if let Some(reservation) = &prepared.reservation
-        && let Err(e) = state.ledger.release(reservation.id)
-    {
-        tracing::warn!(error = %e, "could not release a reservation");
-    }
-}

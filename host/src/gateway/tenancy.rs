@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -32,6 +33,9 @@ pub struct Binding {
     pub stats: Arc<PluginStats>,
     /// An instance created ahead of this binding's next request.
     pub warm: std::sync::Mutex<Option<WarmSession>>,
+    /// Whether a task is creating the next one (one at a time, so busy
+    /// bindings do not instantiate instances only to throw them away).
+    creating: AtomicBool,
 }
 
 impl Binding {
@@ -48,6 +52,7 @@ impl Binding {
             policy,
             stats,
             warm: std::sync::Mutex::new(None),
+            creating: AtomicBool::new(false),
         }
     }
 
@@ -59,8 +64,8 @@ impl Binding {
     pub async fn session(self: &Arc<Self>, request_id: &str) -> Result<Session, PluginError> {
         let waiting = self.warm.lock().ok().and_then(|mut slot| slot.take());
         self.create_ahead();
-        match waiting.and_then(|w| w.into_session(request_id)) {
-            Some(session) => Ok(session),
+        match waiting {
+            Some(warm) => Ok(warm.into_session(request_id)),
             None => {
                 self.plugin
                     .session_for(request_id, self.stats.clone())
@@ -69,20 +74,19 @@ impl Binding {
         }
     }
 
+    /// Starts creating the next instance unless a task already is; only
+    /// that task fills the slot, and only [`Binding::session`] empties it.
     fn create_ahead(self: &Arc<Self>) {
+        if self.creating.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let binding = Arc::clone(self);
         tokio::spawn(async move {
-            if binding.warm.lock().map_or(true, |slot| slot.is_some()) {
-                return;
-            }
-            let Some(warm) = binding.plugin.warm_session_for(binding.stats.clone()).await else {
-                return;
-            };
-            if let Ok(mut slot) = binding.warm.lock()
-                && slot.is_none()
-            {
+            let warm = binding.plugin.warm_session_for(binding.stats.clone()).await;
+            if let (Some(warm), Ok(mut slot)) = (warm, binding.warm.lock()) {
                 *slot = Some(warm);
             }
+            binding.creating.store(false, Ordering::Release);
         });
     }
 }

@@ -965,7 +965,7 @@ impl CompiledPlugin {
             .await
             .ok()?;
         Some(WarmSession {
-            session: Some(session),
+            session,
             _slot: slot,
         })
     }
@@ -1076,16 +1076,17 @@ impl Drop for WarmSlot {
 /// ([`CompiledPlugin::warm_session_for`]). It serves exactly one request, as
 /// any [`Session`] does; it has only been instantiated, never called.
 pub struct WarmSession {
-    session: Option<Session>,
+    session: Session,
     _slot: WarmSlot,
 }
 
 impl WarmSession {
-    /// The instance, now serving `request_id` (its log lines say so).
-    pub fn into_session(mut self, request_id: &str) -> Option<Session> {
-        let mut session = self.session.take()?;
+    /// The instance, now serving `request_id` (its log lines say so); it no
+    /// longer counts as waiting.
+    pub fn into_session(self, request_id: &str) -> Session {
+        let WarmSession { mut session, .. } = self;
         request_id.clone_into(&mut session.store.data_mut().log.request_id);
-        Some(session)
+        session
     }
 }
 
