@@ -20,8 +20,10 @@
 //! databases hold one record per key; both read the same way (a single record
 //! is a block of one) in `get_record`, `query_records` and `for_each_record`.
 
-use std::ops::Bound;
+mod client_index;
+
 use std::path::Path;
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -35,6 +37,8 @@ use crate::model::{
 };
 use crate::period::Period;
 use crate::store::{CommitGroup, LedgerStore};
+
+use client_index::{ClientIndex, INDEX_MARK, IndexChange, IndexMark};
 
 const META: &[u8] = b"M";
 const RECORD: u8 = b'R';
@@ -92,6 +96,9 @@ pub struct SledStore {
     /// Single-key reads (and the engine's own, which know what is in flight)
     /// go without it.
     apply_lock: std::sync::RwLock<u64>,
+    /// The client index's pending ids and mark. Changed by a commit while it
+    /// holds `apply_lock`, and read under `apply_lock` (always taken first).
+    index: Mutex<ClientIndex>,
 }
 
 /// A group's writes, in the order they are applied (and replayed).
@@ -269,14 +276,37 @@ impl SledStore {
     fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
         let tree = db.open_tree("ledger")?;
         let redo = db.open_tree("ledger_redo")?;
-        let store = SledStore {
+        let mut store = SledStore {
             db,
             tree,
             redo,
             apply_lock: std::sync::RwLock::new(0),
+            index: Mutex::new(ClientIndex::new(None, 0)),
         };
         store.replay_redo()?;
+        store.index = Mutex::new(store.load_client_index()?);
         Ok(store)
+    }
+
+    /// The client index as stored: its mark, and as pending every record the
+    /// stored lists do not cover (only after a crash: a checkpoint, which
+    /// every clean shutdown makes, writes them all).
+    fn load_client_index(&self) -> Result<ClientIndex, StoreError> {
+        let mark: Option<IndexMark> = self.get_json(INDEX_MARK)?;
+        let mut index = ClientIndex::new(mark, self.load_meta()?.next_seq);
+        if let Some(from) = index.mark().pending_from {
+            self.for_each_record(Some(from), &mut |r| {
+                index.add_pending(&r);
+                Ok(())
+            })?;
+        }
+        Ok(index)
+    }
+
+    fn index(&self) -> Result<std::sync::MutexGuard<'_, ClientIndex>, StoreError> {
+        self.index
+            .lock()
+            .map_err(|_| StoreError::Backend("an earlier commit panicked".into()))
     }
 
     /// Finishes the groups a crash interrupted while they were being applied:
@@ -475,9 +505,20 @@ fn encode_block_payload(r: &StoredRecord, out: &mut Vec<u8>) -> Result<(), Store
     Ok(())
 }
 
-/// Everything a group changes, as whole-value writes in application order:
-/// record blocks before the index entries that point into them, the counters
-/// (`META`) last.
+/// Everything a group changes, as whole-value writes in application order
+/// (record blocks before the keys that point into them, the counters last),
+/// and what it does to the client index's memory once they are applied.
+fn commit_writes(
+    g: &CommitGroup,
+    index: &ClientIndex,
+) -> Result<(Writes, IndexChange), StoreError> {
+    let mut writes = group_writes(g)?;
+    let change = index.plan(&g.records, !g.aggregates.is_empty(), &mut writes)?;
+    writes.insert(META, encode_bin(&g.meta)?);
+    Ok((writes, change))
+}
+
+/// [`commit_writes`] without the client index and the counters.
 fn group_writes(g: &CommitGroup) -> Result<Writes, StoreError> {
     let mut b = Writes::default();
     write_record_blocks(&g.records, &mut b)?;
@@ -486,7 +527,6 @@ fn group_writes(g: &CommitGroup) -> Result<Writes, StoreError> {
             prefixed(IDEMPOTENCY, &r.record.idempotency_key),
             id_bytes(r.id).to_vec(),
         );
-        b.insert(client_index_key(&r.record.client_id, r.id), Vec::new());
     }
     for a in &g.aggregates {
         b.insert(agg_key(&a.key), encode_bin(&a.value)?);
@@ -511,7 +551,6 @@ fn group_writes(g: &CommitGroup) -> Result<Writes, StoreError> {
         k.extend_from_slice(&pct.to_be_bytes());
         b.insert(k, Vec::new());
     }
-    b.insert(META, encode_bin(&g.meta)?);
     Ok(b)
 }
 
@@ -689,9 +728,74 @@ fn prefixed(tag: u8, s: &str) -> Vec<u8> {
     k
 }
 
+/// The record ids of one client's stored `C` keys under a prefix, in
+/// (period, seq) order, from the first after a cursor's id.
+struct StoredClientIds {
+    keys: sled::Iter,
+    prefix: Vec<u8>,
+    id_at: usize,
+    after: Option<RecordId>,
+    list: std::vec::IntoIter<RecordId>,
+}
+
+impl StoredClientIds {
+    fn new(
+        store: &SledStore,
+        prefix: Vec<u8>,
+        id_at: usize,
+        after: Option<RecordId>,
+    ) -> Result<Self, StoreError> {
+        // Resume in the list that holds the cursor's record: the last key at or
+        // before the key that record would have on its own.
+        let mut start = prefix.clone();
+        if let Some(a) = after {
+            let own = client_index_key_with(&prefix[..id_at], a);
+            if let Some(kv) = store
+                .tree
+                .range::<&[u8], _>(&prefix[..]..=&own[..])
+                .next_back()
+            {
+                start = kv?.0.to_vec();
+            }
+        }
+        Ok(StoredClientIds {
+            keys: store.tree.range(start..),
+            prefix,
+            id_at,
+            after,
+            list: Vec::new().into_iter(),
+        })
+    }
+
+    fn next_id(&mut self) -> Result<Option<RecordId>, StoreError> {
+        loop {
+            for id in self.list.by_ref() {
+                if self.after.is_none_or(|a| id > a) {
+                    return Ok(Some(id));
+                }
+            }
+            let Some(kv) = self.keys.next() else {
+                return Ok(None);
+            };
+            let (k, v) = kv?;
+            if !k.starts_with(&self.prefix) {
+                return Ok(None);
+            }
+            self.list = client_index::stored_ids(&k, &v, self.id_at)?.into_iter();
+        }
+    }
+}
+
 fn client_index_key(client: &str, id: RecordId) -> Vec<u8> {
     let mut k = vec![CLIENT_INDEX];
     put_str(&mut k, client);
+    k.extend_from_slice(&id_bytes(id));
+    k
+}
+
+/// [`client_index_key`] from the encoded `C` · client prefix.
+fn client_index_key_with(client_prefix: &[u8], id: RecordId) -> Vec<u8> {
+    let mut k = client_prefix.to_vec();
     k.extend_from_slice(&id_bytes(id));
     k
 }
@@ -873,12 +977,17 @@ impl LedgerStore for SledStore {
     /// survives, the whole redo record before it does too, and
     /// [`SledStore::replay_redo`] completes the group at the next open; if the
     /// last chunk did not survive, no write of the group did.
+    ///
+    /// The client index is written as lists when the group is an aggregate
+    /// checkpoint (see `client_index`); until then its records are pending,
+    /// in memory, which this brings in step once the writes are applied.
     fn commit(&self, g: &CommitGroup) -> Result<(), StoreError> {
-        let writes = group_writes(g)?;
         let mut group_no = self
             .apply_lock
             .write()
             .map_err(|_| StoreError::Backend("an earlier commit panicked".into()))?;
+        let mut index = self.index()?;
+        let (writes, change) = commit_writes(g, &index)?;
         *group_no += 1;
         let chunks = self.write_redo(*group_no, &writes)?;
         for (k, v) in writes.0 {
@@ -887,6 +996,8 @@ impl LedgerStore for SledStore {
         for i in 0..chunks {
             self.redo.remove(redo_key(*group_no, i))?;
         }
+        index.apply(change, &g.records);
+        drop(index);
         release_deferred_garbage();
         Ok(())
     }
@@ -956,23 +1067,52 @@ impl LedgerStore for SledStore {
             let mut prefix = vec![CLIENT_INDEX];
             put_str(&mut prefix, c);
             let id_offset = prefix.len();
+            let after = match &cursor {
+                Some(k) if k.len() == id_offset + 12 && k.starts_with(&prefix) => {
+                    Some(id_from_bytes(k, &k[id_offset..])?)
+                }
+                Some(_) => {
+                    return Err(StoreError::Backend(
+                        "invalid cursor: not from a listing of this client".into(),
+                    ));
+                }
+                None => None,
+            };
             if let Some(p) = q.period {
                 put_period(&mut prefix, p);
             }
-            let start = match cursor {
-                Some(c) => Bound::Excluded(c),
-                None => Bound::Included(prefix.clone()),
-            };
-            for kv in self.tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-                let (k, _) = kv?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let id = id_from_bytes(&k, &k[id_offset..])?;
-                let Some(rec) = self.get_record(id)? else {
-                    return Err(corrupt(&k, "client index points at no record"));
+            let mut pending = self
+                .index()?
+                .pending_ids(c, q.period, after)
+                .into_iter()
+                .peekable();
+            let mut stored = StoredClientIds::new(self, prefix, id_offset, after)?;
+            let mut next_stored = stored.next_id()?;
+            // Stored lists and pending ids are each in (period, seq) order: merge.
+            loop {
+                let id = match (next_stored, pending.peek().copied()) {
+                    (Some(s), Some(p)) if p < s => {
+                        pending.next();
+                        p
+                    }
+                    (Some(s), p) => {
+                        if p == Some(s) {
+                            pending.next();
+                        }
+                        next_stored = stored.next_id()?;
+                        s
+                    }
+                    (None, Some(p)) => {
+                        pending.next();
+                        p
+                    }
+                    (None, None) => break,
                 };
-                last_key = Some(k.to_vec());
+                let key = client_index_key(c, id);
+                let Some(rec) = self.get_record(id)? else {
+                    return Err(corrupt(&key, "client index points at no record"));
+                };
+                last_key = Some(key);
                 if wanted(&rec) {
                     items.push(rec);
                     if items.len() == limit {
@@ -1182,7 +1322,7 @@ mod tests {
         assert!(!agg_key(&other).starts_with(&scan));
     }
 
-    fn sample(kind: RecordKind, seq: u64) -> StoredRecord {
+    pub(super) fn sample(kind: RecordKind, seq: u64) -> StoredRecord {
         let at = DateTime::parse_from_rfc3339("2025-01-10T10:00:00.123456789Z")
             .unwrap()
             .with_timezone(&Utc);
@@ -1431,7 +1571,7 @@ mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             store.commit(&first).unwrap();
             // The crash: the redo record is complete, half the writes applied.
-            let writes = group_writes(&interrupted).unwrap();
+            let (writes, _) = commit_writes(&interrupted, &store.index().unwrap()).unwrap();
             let chunks = store.write_redo(7, &writes).unwrap();
             assert!(chunks > 1);
             for (k, v) in writes.0.iter().take(writes.0.len() / 2) {
@@ -1472,7 +1612,7 @@ mod tests {
             store.commit(&first).unwrap();
             // The crash: only the first chunks of the next group's redo record
             // were written, so none of its writes had started.
-            let writes = group_writes(&big_group(10, 60)).unwrap();
+            let (writes, _) = commit_writes(&big_group(10, 60), &store.index().unwrap()).unwrap();
             let chunks = writes.redo_chunks();
             assert!(chunks.len() > 1);
             for (i, c) in chunks.iter().take(chunks.len() - 1).enumerate() {
@@ -1616,7 +1756,7 @@ mod tests {
             .unwrap();
         assert_eq!(page.items, want[11..13].to_vec());
         // A truncated block is reported, not misread.
-        let (k, v) = store.tree.last().unwrap().unwrap();
+        let (k, v) = store.tree.scan_prefix([RECORD]).last().unwrap().unwrap();
         assert_eq!(v[0], FORMAT_RECORD_BLOCK_V1);
         store.tree.insert(&k, &v[..v.len() - 1]).unwrap();
         assert!(matches!(
@@ -1636,5 +1776,212 @@ mod tests {
             seq: 1,
         });
         assert!(a < b);
+    }
+}
+
+#[cfg(test)]
+mod client_index_tests {
+    //! The client index as lists plus pending ids: listings must not depend on
+    //! where the checkpoints fell or whether the store was reopened meanwhile.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::RecordKind;
+    use crate::store::AggregateWrite;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Records for (client number, period number); `checkpoint` makes the
+        /// group carry an aggregate write, which writes the index lists.
+        Commit {
+            records: Vec<(u8, u8)>,
+            checkpoint: bool,
+        },
+        /// Close the store without a checkpoint (as a crash leaves it) and reopen.
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (prop::collection::vec((0u8..3, 0u8..3), 1..12), any::<bool>())
+                .prop_map(|(records, checkpoint)| Op::Commit { records, checkpoint }),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    fn period(n: u8) -> Period {
+        ["2025-01", "2025-02", "2025-03"][usize::from(n)]
+            .parse()
+            .unwrap()
+    }
+
+    fn record(seq: u64, client: u8, p: u8) -> StoredRecord {
+        let mut r = super::tests::sample(RecordKind::Usage, seq);
+        r.id.period = period(p);
+        r.record.client_id = format!("c{client}");
+        r
+    }
+
+    fn listing(
+        store: &SledStore,
+        client: &str,
+        period: Option<Period>,
+        limit: usize,
+    ) -> Vec<RecordId> {
+        let mut q = RecordQuery {
+            client: Some(client.into()),
+            period,
+            limit,
+            ..RecordQuery::default()
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = store.query_records(&q).unwrap();
+            assert!(page.items.len() <= limit);
+            out.extend(page.items.iter().map(|r| r.id));
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn client_listings_are_complete_and_ordered_whatever_the_checkpoints_and_reopens(
+            ops in prop::collection::vec(op(), 1..14),
+            limit in 1usize..6,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = SledStore::open(dir.path()).unwrap();
+            let mut all: Vec<StoredRecord> = Vec::new();
+            let mut next_seq = 0u64;
+            for op in ops {
+                match op {
+                    Op::Commit { records, checkpoint } => {
+                        let records: Vec<StoredRecord> = records
+                            .into_iter()
+                            .map(|(c, p)| {
+                                next_seq += 1;
+                                record(next_seq - 1, c, p)
+                            })
+                            .collect();
+                        let aggregates = if checkpoint {
+                            vec![AggregateWrite {
+                                key: AggKey::Client { client: "c0".into(), period: period(0) },
+                                delta: Totals::default(),
+                                value: Totals::default(),
+                            }]
+                        } else {
+                            Vec::new()
+                        };
+                        all.extend(records.iter().cloned());
+                        store.commit(&CommitGroup {
+                            records,
+                            aggregates,
+                            meta: Meta { next_seq, ..Meta::default() },
+                            ..CommitGroup::default()
+                        }).unwrap();
+                    }
+                    Op::Reopen => {
+                        drop(store);
+                        store = SledStore::open(dir.path()).unwrap();
+                    }
+                }
+                for c in ["c0", "c1", "c2"] {
+                    let mut want: Vec<RecordId> = all
+                        .iter()
+                        .filter(|r| r.record.client_id == c)
+                        .map(|r| r.id)
+                        .collect();
+                    want.sort();
+                    prop_assert_eq!(&listing(&store, c, None, limit), &want);
+                    for p in 0..3 {
+                        let want_p: Vec<RecordId> =
+                            want.iter().filter(|id| id.period == period(p)).copied().collect();
+                        prop_assert_eq!(listing(&store, c, Some(period(p)), limit), want_p);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_writes_one_list_per_client_and_period() {
+        let store = SledStore::temporary().unwrap();
+        let records: Vec<StoredRecord> = (0..300)
+            .map(|seq| record(seq, (seq % 3) as u8, 0))
+            .collect();
+        store
+            .commit(&CommitGroup {
+                records: records[..200].to_vec(),
+                meta: Meta {
+                    next_seq: 200,
+                    ..Meta::default()
+                },
+                ..CommitGroup::default()
+            })
+            .unwrap();
+        // Pending: no `C` key yet, and the listing still has them.
+        assert_eq!(store.tree.scan_prefix([CLIENT_INDEX]).count(), 0);
+        assert_eq!(listing(&store, "c1", None, 7).len(), 67);
+        store
+            .commit(&CommitGroup {
+                records: records[200..].to_vec(),
+                aggregates: vec![AggregateWrite {
+                    key: AggKey::Client {
+                        client: "c0".into(),
+                        period: period(0),
+                    },
+                    delta: Totals::default(),
+                    value: Totals::default(),
+                }],
+                meta: Meta {
+                    next_seq: 300,
+                    ..Meta::default()
+                },
+                ..CommitGroup::default()
+            })
+            .unwrap();
+        assert_eq!(store.tree.scan_prefix([CLIENT_INDEX]).count(), 3);
+        let want: Vec<RecordId> = records
+            .iter()
+            .filter(|r| r.record.client_id == "c1")
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listing(&store, "c1", None, 7), want);
+        // A cursor from another client's listing is refused, not followed.
+        let page = store
+            .query_records(&RecordQuery {
+                client: Some("c0".into()),
+                limit: 1,
+                ..RecordQuery::default()
+            })
+            .unwrap();
+        let err = store
+            .query_records(&RecordQuery {
+                client: Some("c1".into()),
+                cursor: page.next_cursor,
+                ..RecordQuery::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid cursor"), "{err}");
+        // A damaged list is reported.
+        let (k, v) = store
+            .tree
+            .scan_prefix([CLIENT_INDEX])
+            .next()
+            .unwrap()
+            .unwrap();
+        store.tree.insert(&k, &v[..v.len() - 3]).unwrap();
+        assert!(matches!(
+            store.query_records(&RecordQuery {
+                client: Some("c0".into()),
+                ..RecordQuery::default()
+            }),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }
