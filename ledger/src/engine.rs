@@ -207,9 +207,11 @@ struct Prepared {
     /// Nothing to write (no group, no checkpoint): only replies.
     empty: bool,
     checkpoint: bool,
-    /// The changed aggregates' values as of this batch, for readers once it
-    /// has committed (empty for a checkpoint, which clears the overlay).
-    overlay: Vec<(AggKey, Totals)>,
+    /// The changed aggregates' values as of this batch, by encoded store key,
+    /// for readers once it has committed (empty for a checkpoint, which clears
+    /// the overlay). Encoded here, by the writer, because the committer's
+    /// time bounds batched ingest.
+    overlay: Vec<(Vec<u8>, (AggKey, Totals))>,
     results: Vec<Result<Reply, LedgerError>>,
 }
 
@@ -499,7 +501,7 @@ impl Shared {
                 .into_iter()
                 .filter_map(|k| {
                     let v = st.aggs.get(&k)?.value.clone();
-                    Some((k, v))
+                    Some((crate::sled_store::agg_key(&k), (k, v)))
                 })
                 .collect()
         };
@@ -610,7 +612,7 @@ impl Shared {
     }
 
     /// Makes the batch's aggregates visible to readers (after its commit).
-    fn publish(&self, checkpoint: bool, values: Vec<(AggKey, Totals)>) {
+    fn publish(&self, checkpoint: bool, values: Vec<(Vec<u8>, (AggKey, Totals))>) {
         let Ok(mut ov) = self.overlay.write() else {
             self.poison("overlay lock poisoned".into());
             return;
@@ -619,11 +621,7 @@ impl Shared {
             // The store now holds every aggregate; the overlay is redundant.
             ov.clear();
         } else {
-            ov.extend(
-                values
-                    .into_iter()
-                    .map(|(k, v)| (crate::sled_store::agg_key(&k), (k, v))),
-            );
+            ov.extend(values);
         }
     }
 
