@@ -1,6 +1,6 @@
-//! Consistency check ("fsck"): recomputes running aggregates, credit balances
-//! and idempotency claims from the immutable records and entries, and reports
-//! every difference from the stored running state.
+//! Consistency check ("fsck"): recomputes running aggregates, credit balances,
+//! idempotency claims and each client's record listing from the immutable
+//! records and entries, and reports every difference from the stored state.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -8,7 +8,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LedgerError;
-use crate::model::{AggKey, AggScan, CreditEntryKind, Totals, contributions};
+use crate::model::{
+    AggKey, AggScan, CreditEntryKind, RecordId, RecordQuery, Totals, contributions,
+};
 use crate::store::LedgerStore;
 
 /// Outcome of [`crate::Ledger::verify`].
@@ -34,8 +36,13 @@ pub(crate) fn verify(store: &dyn LedgerStore) -> Result<VerifyReport, LedgerErro
     let mut keys = HashSet::new();
     let mut credits_by_records = Decimal::ZERO;
     let mut problems = Vec::new();
+    let mut by_client: BTreeMap<String, Vec<RecordId>> = BTreeMap::new();
     store.for_each_record(None, &mut |r| {
         rep.records += 1;
+        by_client
+            .entry(r.record.client_id.clone())
+            .or_default()
+            .push(r.id);
         if !keys.insert(r.record.idempotency_key.clone()) {
             problems.push(format!(
                 "idempotency key {:?} is used by more than one record",
@@ -61,6 +68,18 @@ pub(crate) fn verify(store: &dyn LedgerStore) -> Result<VerifyReport, LedgerErro
             "{claimed} idempotency keys claimed for {} records",
             rep.records
         ));
+    }
+    for (client, want) in &by_client {
+        let listed = client_listing(store, client)?;
+        if &listed != want {
+            let at = listed.iter().zip(want).take_while(|(a, b)| a == b).count();
+            problems.push(format!(
+                "client {client:?}: its record listing has {} records, the records say {} \
+                 (first difference at position {at})",
+                listed.len(),
+                want.len()
+            ));
+        }
     }
     let stored: HashMap<AggKey, Totals> =
         store.scan_aggregates(&AggScan::All)?.into_iter().collect();
@@ -123,4 +142,22 @@ pub(crate) fn verify(store: &dyn LedgerStore) -> Result<VerifyReport, LedgerErro
     }
     rep.problems = problems;
     Ok(rep)
+}
+
+/// Every record id a client listing returns, page by page.
+fn client_listing(store: &dyn LedgerStore, client: &str) -> Result<Vec<RecordId>, LedgerError> {
+    let mut q = RecordQuery {
+        client: Some(client.to_owned()),
+        limit: 1000,
+        ..RecordQuery::default()
+    };
+    let mut ids = Vec::new();
+    loop {
+        let page = store.query_records(&q)?;
+        ids.extend(page.items.iter().map(|r| r.id));
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => return Ok(ids),
+        }
+    }
 }
