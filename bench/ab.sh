@@ -17,6 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 [ $# -eq 2 ] || { sed -n '2,16p' "$0"; exit 2; }
 A=$(realpath "$1")
@@ -29,8 +31,8 @@ MOCK_ADDR=${MOCK_ADDR:-127.0.0.1:19100}
 GW_ADDR=${GW_ADDR:-127.0.0.1:19185}
 OHA=$ROOT/target/bench-tools/bin/oha
 MOCK_BIN=$ROOT/target/release/mock-upstream
-PLUGIN=$ROOT/target/plugins/wasm32-wasip2/plugin/support_desk.wasm
-KEY=tg_live_bench_4f1c2a9e7d3b5c60
+PLUGIN=$ROOT/$BENCH_PLUGIN
+KEY=$BENCH_KEY
 
 die() { echo "ab.sh: $*" >&2; exit 1; }
 for f in "$A" "$B" "$OHA" "$MOCK_BIN" "$PLUGIN"; do
@@ -58,10 +60,8 @@ hdrs=(-H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -H 'x-
 one_run() { # label binary
     local label=$1 bin=$2 run=$WORK/run-$RANDOM
     mkdir -p "$run"
-    sed -e "s|@LISTEN@|$GW_ADDR|" -e "s|@DATA_DIR@|$run/data|" -e "s|@DURABILITY@|$DURABILITY|" \
-        -e "s|@UPSTREAM@|http://$MOCK_ADDR/v1|" -e "s|@PLUGIN@|$PLUGIN|" \
-        -e "s|@KEY_SHA256@|$(printf '%s' "$KEY" | sha256sum | cut -d' ' -f1)|" \
-        bench/gateway.toml.in > "$run/gateway.toml"
+    render_gateway_config "$GW_ADDR" "$run/data" "$DURABILITY" "http://$MOCK_ADDR/v1" "$PLUGIN" \
+        > "$run/gateway.toml"
     taskset -c 1 "$bin" serve --config "$run/gateway.toml" > "$run/gateway.log" 2>&1 &
     local gp=$!
     for _ in $(seq 100); do curl -sf -o /dev/null "http://$GW_ADDR/readyz" && break; sleep 0.1; done

@@ -33,6 +33,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 QUICK=0
 WRITE=1
@@ -56,8 +58,8 @@ OHA_VERSION=${OHA_VERSION:-1.16.0}
 TOOLS=$ROOT/target/bench-tools
 OHA=$TOOLS/bin/oha
 RUN_DIR=$ROOT/target/bench-gateway/$(date +%Y%m%d-%H%M%S)
-KEY=tg_live_bench_4f1c2a9e7d3b5c60
-PLUGIN=$ROOT/target/plugins/wasm32-wasip2/plugin/support_desk.wasm
+KEY=$BENCH_KEY
+PLUGIN=$ROOT/$BENCH_PLUGIN
 
 log() { printf '\n==> %s\n' "$*"; }
 die() { echo "gateway.sh: $*" >&2; exit 1; }
@@ -130,16 +132,10 @@ TOLLGATE=$RUN_DIR/bin/tollgate
 MOCK=$RUN_DIR/bin/mock-upstream
 FLOOR=$RUN_DIR/bin/floor-proxy
 PLUGIN=$RUN_DIR/bin/$(basename "$PLUGIN")
-KEY_SHA256=$(printf '%s' "$KEY" | sha256sum | cut -d' ' -f1)
 for mode in sync batched; do
     if [ "$mode" = sync ]; then listen=$SYNC_ADDR; else listen=$BATCHED_ADDR; fi
-    sed -e "s|@LISTEN@|$listen|" \
-        -e "s|@DATA_DIR@|$RUN_DIR/data-$mode|" \
-        -e "s|@DURABILITY@|$mode|" \
-        -e "s|@UPSTREAM@|http://$MOCK_ADDR/v1|" \
-        -e "s|@PLUGIN@|$PLUGIN|" \
-        -e "s|@KEY_SHA256@|$KEY_SHA256|" \
-        bench/gateway.toml.in > "$RUN_DIR/gateway-$mode.toml"
+    render_gateway_config "$listen" "$RUN_DIR/data-$mode" "$mode" "http://$MOCK_ADDR/v1" "$PLUGIN" \
+        > "$RUN_DIR/gateway-$mode.toml"
     "$TOLLGATE" config check "$RUN_DIR/gateway-$mode.toml"
 done
 
