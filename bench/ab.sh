@@ -15,14 +15,15 @@
 # Needs what bench/gateway.sh builds: target/release/mock-upstream, the
 # support-desk plugin and oha in target/bench-tools (run gateway.sh once).
 set -euo pipefail
+[ $# -eq 2 ] || { sed -n '2,16p' "$0"; exit 2; }
+# Resolved before the cd below, so relative paths mean what the caller meant.
+A=$(realpath "$1")
+B=$(realpath "$2")
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 # shellcheck source=bench/common.sh
 . bench/common.sh
 
-[ $# -eq 2 ] || { sed -n '2,16p' "$0"; exit 2; }
-A=$(realpath "$1")
-B=$(realpath "$2")
 PAIRS=${PAIRS:-4}
 RATE=${RATE:-200}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}

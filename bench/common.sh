@@ -1,4 +1,5 @@
-# Shared by bench/gateway.sh and bench/ab.sh (sourced, not run): the client
+# Shared by bench/gateway.sh and bench/ab.sh (sourced, not run; paths are
+# relative to the repository root, where both scripts run): the client
 # key the benchmark gateways accept, the plugin they bind, and how their
 # config is rendered from bench/gateway.toml.in.
 
@@ -13,5 +14,5 @@ render_gateway_config() {
         -e "s|@UPSTREAM@|$4|" \
         -e "s|@PLUGIN@|$5|" \
         -e "s|@KEY_SHA256@|$(printf '%s' "$BENCH_KEY" | sha256sum | cut -d' ' -f1)|" \
-        bench/gateway.toml.in
+        "$(dirname "${BASH_SOURCE[0]}")/gateway.toml.in"
 }

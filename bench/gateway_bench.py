@@ -658,7 +658,7 @@ def main():
     if args.report_only:
         with open(os.path.join(args.out, "results.json")) as f:
             res = json.load(f)
-        missing = [t for t in TARGET_NAMES if t not in res.get("rss", {}) and t != "direct"]
+        missing = [t for t in PROXIES if t not in res.get("rss", {})]
         if missing:
             sys.exit(f"{args.out}/results.json has no {', '.join(missing)} results: it was written "
                      "by an older bench/gateway_bench.py (before the floor proxy); render it "

@@ -494,18 +494,24 @@ impl Shared {
         let touched = std::mem::take(&mut b.touched);
         let new_records = std::mem::take(&mut b.new_records);
         let group = st.finish(b, checkpoint);
-        let overlay = if checkpoint {
+        let values: Vec<(AggKey, Totals)> = if checkpoint {
             Vec::new()
         } else {
             touched
                 .into_iter()
                 .filter_map(|k| {
                     let v = st.aggs.get(&k)?.value.clone();
-                    Some((crate::sled_store::agg_key(&k), (k, v)))
+                    Some((k, v))
                 })
                 .collect()
         };
         st.inflight = new_records;
+        // Encoded outside the state lock, which reservations also take.
+        drop(st);
+        let overlay = values
+            .into_iter()
+            .map(|(k, v)| (crate::sled_store::agg_key(&k), (k, v)))
+            .collect();
         Prepared {
             group,
             empty: false,

@@ -303,10 +303,13 @@ impl SledStore {
         Ok(index)
     }
 
-    fn index(&self) -> Result<std::sync::MutexGuard<'_, ClientIndex>, StoreError> {
+    fn index(&self) -> std::sync::MutexGuard<'_, ClientIndex> {
+        // Poisoned only by a commit that panicked; that commit also poisoned
+        // `apply_lock`, which refuses further commits, and reads go on as
+        // `read_guard` lets them.
         self.index
             .lock()
-            .map_err(|_| StoreError::Backend("an earlier commit panicked".into()))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Finishes the groups a crash interrupted while they were being applied:
@@ -986,7 +989,7 @@ impl LedgerStore for SledStore {
             .apply_lock
             .write()
             .map_err(|_| StoreError::Backend("an earlier commit panicked".into()))?;
-        let mut index = self.index()?;
+        let mut index = self.index();
         let (writes, change) = commit_writes(g, &index)?;
         *group_no += 1;
         let chunks = self.write_redo(*group_no, &writes)?;
@@ -1068,13 +1071,19 @@ impl LedgerStore for SledStore {
             put_str(&mut prefix, c);
             let id_offset = prefix.len();
             let after = match &cursor {
-                Some(k) if k.len() == id_offset + 12 && k.starts_with(&prefix) => {
-                    Some(id_from_bytes(k, &k[id_offset..])?)
-                }
-                Some(_) => {
-                    return Err(StoreError::Backend(
-                        "invalid cursor: not from a listing of this client".into(),
-                    ));
+                Some(k) => {
+                    let id = (k.len() == id_offset + 12 && k.starts_with(&prefix))
+                        .then(|| id_from_bytes(k, &k[id_offset..]).ok())
+                        .flatten()
+                        .filter(|id| q.period.is_none_or(|p| p == id.period));
+                    match id {
+                        Some(id) => Some(id),
+                        None => {
+                            return Err(StoreError::Backend(
+                                "invalid cursor: not from this listing".into(),
+                            ));
+                        }
+                    }
                 }
                 None => None,
             };
@@ -1082,7 +1091,7 @@ impl LedgerStore for SledStore {
                 put_period(&mut prefix, p);
             }
             let mut pending = self
-                .index()?
+                .index()
                 .pending_ids(c, q.period, after)
                 .into_iter()
                 .peekable();
@@ -1566,12 +1575,21 @@ mod tests {
     fn a_group_interrupted_while_applied_is_finished_at_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         let first = big_group(0, 10);
-        let interrupted = big_group(10, 60);
+        // A checkpoint group: it also writes the client-index lists.
+        let mut interrupted = big_group(10, 60);
+        interrupted.aggregates = vec![crate::store::AggregateWrite {
+            key: AggKey::Client {
+                client: "c0".into(),
+                period: "2025-01".parse().unwrap(),
+            },
+            delta: Totals::default(),
+            value: Totals::default(),
+        }];
         {
             let store = SledStore::open(dir.path()).unwrap();
             store.commit(&first).unwrap();
             // The crash: the redo record is complete, half the writes applied.
-            let (writes, _) = commit_writes(&interrupted, &store.index().unwrap()).unwrap();
+            let (writes, _) = commit_writes(&interrupted, &store.index()).unwrap();
             let chunks = store.write_redo(7, &writes).unwrap();
             assert!(chunks > 1);
             for (k, v) in writes.0.iter().take(writes.0.len() / 2) {
@@ -1597,6 +1615,22 @@ mod tests {
         }
         assert_eq!(store.load_meta().unwrap().next_seq, 70);
         assert!(store.redo.is_empty());
+        assert!(store.tree.scan_prefix([CLIENT_INDEX]).count() > 0);
+        for c in 0..5 {
+            let client = format!("c{c}");
+            let listed = store
+                .query_records(&RecordQuery {
+                    client: Some(client.clone()),
+                    ..RecordQuery::default()
+                })
+                .unwrap()
+                .items;
+            let mine: Vec<&StoredRecord> = want
+                .iter()
+                .filter(|r| r.record.client_id == client)
+                .collect();
+            assert_eq!(listed.iter().collect::<Vec<_>>(), mine);
+        }
         // Commits go on after the replay.
         store.commit(&big_group(70, 2)).unwrap();
         assert_eq!(all_records(&store, None).len(), 72);
@@ -1612,7 +1646,7 @@ mod tests {
             store.commit(&first).unwrap();
             // The crash: only the first chunks of the next group's redo record
             // were written, so none of its writes had started.
-            let (writes, _) = commit_writes(&big_group(10, 60), &store.index().unwrap()).unwrap();
+            let (writes, _) = commit_writes(&big_group(10, 60), &store.index()).unwrap();
             let chunks = writes.redo_chunks();
             assert!(chunks.len() > 1);
             for (i, c) in chunks.iter().take(chunks.len() - 1).enumerate() {
@@ -1782,9 +1816,11 @@ mod tests {
 #[cfg(test)]
 mod client_index_tests {
     //! The client index as lists plus pending ids: listings must not depend on
-    //! where the checkpoints fell or whether the store was reopened meanwhile.
+    //! where the checkpoints fell, whether the store was reopened meanwhile or
+    //! whether it started as a database from before lists.
     use proptest::prelude::*;
 
+    use super::client_index::{FLUSH_PENDING_RECORDS, MAX_LIST_SEQS};
     use super::*;
     use crate::model::RecordKind;
     use crate::store::AggregateWrite;
@@ -1823,65 +1859,167 @@ mod client_index_tests {
         r
     }
 
+    fn checkpoint_write() -> Vec<AggregateWrite> {
+        vec![AggregateWrite {
+            key: AggKey::Client {
+                client: "c0".into(),
+                period: period(0),
+            },
+            delta: Totals::default(),
+            value: Totals::default(),
+        }]
+    }
+
+    /// Writes records the way a version before index lists did: a key per
+    /// record, a client-index key with an empty value, no mark.
+    fn write_legacy(store: &SledStore, records: &[StoredRecord], next_seq: u64) {
+        for r in records {
+            store
+                .tree
+                .insert(record_key(r.id), encode_record(r).unwrap())
+                .unwrap();
+            store
+                .tree
+                .insert(
+                    prefixed(IDEMPOTENCY, &r.record.idempotency_key),
+                    id_bytes(r.id).to_vec(),
+                )
+                .unwrap();
+            store
+                .tree
+                .insert(
+                    client_index_key(&r.record.client_id, r.id),
+                    Vec::<u8>::new(),
+                )
+                .unwrap();
+        }
+        let meta = Meta {
+            next_seq,
+            ..Meta::default()
+        };
+        store.tree.insert(META, encode_bin(&meta).unwrap()).unwrap();
+    }
+
+    fn page(
+        store: &SledStore,
+        client: &str,
+        period: Option<Period>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Page<StoredRecord> {
+        store
+            .query_records(&RecordQuery {
+                client: Some(client.into()),
+                period,
+                limit,
+                cursor,
+                ..RecordQuery::default()
+            })
+            .unwrap()
+    }
+
+    /// Every id of a listing from `cursor` on, page by page.
+    fn listing_from(
+        store: &SledStore,
+        client: &str,
+        period: Option<Period>,
+        limit: usize,
+        mut cursor: Option<String>,
+    ) -> Vec<RecordId> {
+        let mut out = Vec::new();
+        loop {
+            let p = page(store, client, period, limit, cursor);
+            assert!(p.items.len() <= limit);
+            // Each page goes on after the previous one (a stuck cursor fails, not hangs).
+            if let (Some(prev), Some(next)) = (out.last(), p.items.first()) {
+                assert!(
+                    next.id > *prev,
+                    "page starts at {:?} after {prev:?}",
+                    next.id
+                );
+            }
+            out.extend(p.items.iter().map(|r| r.id));
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return out,
+            }
+        }
+    }
+
     fn listing(
         store: &SledStore,
         client: &str,
         period: Option<Period>,
         limit: usize,
     ) -> Vec<RecordId> {
-        let mut q = RecordQuery {
-            client: Some(client.into()),
-            period,
-            limit,
-            ..RecordQuery::default()
-        };
-        let mut out = Vec::new();
-        loop {
-            let page = store.query_records(&q).unwrap();
-            assert!(page.items.len() <= limit);
-            out.extend(page.items.iter().map(|r| r.id));
-            match page.next_cursor {
-                Some(c) => q.cursor = Some(c),
-                None => return out,
+        listing_from(store, client, period, limit, None)
+    }
+
+    /// The stored lists: none longer than the limit, each ascending, and the
+    /// lists of one (client, period) never overlapping.
+    fn check_stored_lists(store: &SledStore) -> Result<(), TestCaseError> {
+        let mut last: Option<(Vec<u8>, u64)> = None;
+        for kv in store.tree.scan_prefix([CLIENT_INDEX]) {
+            let (k, v) = kv.unwrap();
+            let id_at = k.len() - 12;
+            let ids = client_index::stored_ids(&k, &v, id_at).unwrap();
+            prop_assert!(
+                !ids.is_empty() && ids.len() <= MAX_LIST_SEQS,
+                "{} seqs",
+                ids.len()
+            );
+            let group = k[..id_at + 4].to_vec(); // `C` · client · period
+            if let Some((g, prev)) = &last
+                && *g == group
+            {
+                prop_assert!(ids[0].seq > *prev, "lists overlap");
             }
+            last = Some((group, ids[ids.len() - 1].seq));
         }
+        Ok(())
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(64))]
 
         #[test]
         fn client_listings_are_complete_and_ordered_whatever_the_checkpoints_and_reopens(
+            legacy in prop::collection::vec((0u8..3, 0u8..3), 0..6),
             ops in prop::collection::vec(op(), 1..14),
             limit in 1usize..6,
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let mut store = SledStore::open(dir.path()).unwrap();
             let mut all: Vec<StoredRecord> = Vec::new();
             let mut next_seq = 0u64;
+            let fresh = |records: Vec<(u8, u8)>, next_seq: &mut u64| -> Vec<StoredRecord> {
+                records
+                    .into_iter()
+                    .map(|(c, p)| {
+                        *next_seq += 1;
+                        record(*next_seq - 1, c, p)
+                    })
+                    .collect()
+            };
+            {
+                let store = SledStore::open(dir.path()).unwrap();
+                let old = fresh(legacy, &mut next_seq);
+                write_legacy(&store, &old, next_seq);
+                all.extend(old);
+            }
+            let mut store = SledStore::open(dir.path()).unwrap();
             for op in ops {
+                // A cursor taken before the operation must resume after it.
+                let before: Vec<(&str, Page<StoredRecord>)> = ["c0", "c1", "c2"]
+                    .into_iter()
+                    .map(|c| (c, page(&store, c, None, limit, None)))
+                    .collect();
                 match op {
                     Op::Commit { records, checkpoint } => {
-                        let records: Vec<StoredRecord> = records
-                            .into_iter()
-                            .map(|(c, p)| {
-                                next_seq += 1;
-                                record(next_seq - 1, c, p)
-                            })
-                            .collect();
-                        let aggregates = if checkpoint {
-                            vec![AggregateWrite {
-                                key: AggKey::Client { client: "c0".into(), period: period(0) },
-                                delta: Totals::default(),
-                                value: Totals::default(),
-                            }]
-                        } else {
-                            Vec::new()
-                        };
+                        let records = fresh(records, &mut next_seq);
                         all.extend(records.iter().cloned());
                         store.commit(&CommitGroup {
                             records,
-                            aggregates,
+                            aggregates: if checkpoint { checkpoint_write() } else { Vec::new() },
                             meta: Meta { next_seq, ..Meta::default() },
                             ..CommitGroup::default()
                         }).unwrap();
@@ -1891,6 +2029,7 @@ mod client_index_tests {
                         store = SledStore::open(dir.path()).unwrap();
                     }
                 }
+                check_stored_lists(&store)?;
                 for c in ["c0", "c1", "c2"] {
                     let mut want: Vec<RecordId> = all
                         .iter()
@@ -1905,70 +2044,89 @@ mod client_index_tests {
                         prop_assert_eq!(listing(&store, c, Some(period(p)), limit), want_p);
                     }
                 }
+                for (c, first) in before {
+                    let Some(cursor) = first.next_cursor else { continue };
+                    let Some(last) = first.items.last().map(|r| r.id) else { continue };
+                    let mut want: Vec<RecordId> = all
+                        .iter()
+                        .filter(|r| r.record.client_id == c && r.id > last)
+                        .map(|r| r.id)
+                        .collect();
+                    want.sort();
+                    prop_assert_eq!(listing_from(&store, c, None, limit, Some(cursor)), want);
+                }
             }
         }
     }
 
     #[test]
-    fn a_checkpoint_writes_one_list_per_client_and_period() {
+    fn pending_records_are_written_as_short_lists_at_a_checkpoint_or_when_many_are_pending() {
         let store = SledStore::temporary().unwrap();
-        let records: Vec<StoredRecord> = (0..300)
-            .map(|seq| record(seq, (seq % 3) as u8, 0))
-            .collect();
-        store
-            .commit(&CommitGroup {
-                records: records[..200].to_vec(),
-                meta: Meta {
-                    next_seq: 200,
-                    ..Meta::default()
-                },
-                ..CommitGroup::default()
-            })
-            .unwrap();
-        // Pending: no `C` key yet, and the listing still has them.
-        assert_eq!(store.tree.scan_prefix([CLIENT_INDEX]).count(), 0);
-        assert_eq!(listing(&store, "c1", None, 7).len(), 67);
-        store
-            .commit(&CommitGroup {
-                records: records[200..].to_vec(),
-                aggregates: vec![AggregateWrite {
-                    key: AggKey::Client {
-                        client: "c0".into(),
-                        period: period(0),
+        let records: Vec<StoredRecord> =
+            (0..40).map(|seq| record(seq, (seq % 3) as u8, 0)).collect();
+        let commit = |rs: &[StoredRecord], checkpoint: bool| {
+            store
+                .commit(&CommitGroup {
+                    records: rs.to_vec(),
+                    aggregates: if checkpoint {
+                        checkpoint_write()
+                    } else {
+                        Vec::new()
                     },
-                    delta: Totals::default(),
-                    value: Totals::default(),
-                }],
-                meta: Meta {
-                    next_seq: 300,
-                    ..Meta::default()
-                },
-                ..CommitGroup::default()
-            })
-            .unwrap();
-        assert_eq!(store.tree.scan_prefix([CLIENT_INDEX]).count(), 3);
-        let want: Vec<RecordId> = records
+                    meta: Meta {
+                        next_seq: rs.last().unwrap().id.seq + 1,
+                        ..Meta::default()
+                    },
+                    ..CommitGroup::default()
+                })
+                .unwrap();
+        };
+        let lists = || store.tree.scan_prefix([CLIENT_INDEX]).count();
+        // Pending: no `C` key yet, and the listing still has them.
+        commit(&records[..9], false);
+        assert_eq!(lists(), 0);
+        assert_eq!(listing(&store, "c1", None, 2).len(), 3);
+        // A checkpoint writes them, 3 per client, in lists of at most MAX_LIST_SEQS.
+        commit(&records[9..12], true);
+        assert_eq!(lists(), 3 * 4usize.div_ceil(MAX_LIST_SEQS));
+        // Enough pending records are written without a checkpoint.
+        commit(&records[12..12 + FLUSH_PENDING_RECORDS - 1], false);
+        assert_eq!(lists(), 3 * 4usize.div_ceil(MAX_LIST_SEQS));
+        commit(
+            &records[12 + FLUSH_PENDING_RECORDS - 1..12 + FLUSH_PENDING_RECORDS],
+            false,
+        );
+        assert!(lists() > 3 * 4usize.div_ceil(MAX_LIST_SEQS));
+        let want: Vec<RecordId> = records[..12 + FLUSH_PENDING_RECORDS]
             .iter()
             .filter(|r| r.record.client_id == "c1")
             .map(|r| r.id)
             .collect();
         assert_eq!(listing(&store, "c1", None, 7), want);
-        // A cursor from another client's listing is refused, not followed.
-        let page = store
-            .query_records(&RecordQuery {
-                client: Some("c0".into()),
-                limit: 1,
-                ..RecordQuery::default()
-            })
-            .unwrap();
+        // A record below what the lists cover is refused, not indexed out of order.
         let err = store
-            .query_records(&RecordQuery {
-                client: Some("c1".into()),
-                cursor: page.next_cursor,
-                ..RecordQuery::default()
+            .commit(&CommitGroup {
+                records: vec![record(5, 0, 0)],
+                ..CommitGroup::default()
             })
             .unwrap_err();
-        assert!(err.to_string().contains("invalid cursor"), "{err}");
+        assert!(
+            err.to_string().contains("below the client index's mark"),
+            "{err}"
+        );
+        // A cursor from another client's listing, or from another period, is refused.
+        let c0 = page(&store, "c0", None, 1, None);
+        for (client, period) in [("c1", None), ("c0", Some("2025-02".parse().unwrap()))] {
+            let err = store
+                .query_records(&RecordQuery {
+                    client: Some(client.into()),
+                    period,
+                    cursor: c0.next_cursor.clone(),
+                    ..RecordQuery::default()
+                })
+                .unwrap_err();
+            assert!(err.to_string().contains("invalid cursor"), "{err}");
+        }
         // The consistency check compares every client's listing with the records
         // (this store's aggregates and credits are not realistic: only listings count).
         let listing_problems = |store: &SledStore| -> Vec<String> {
@@ -1983,24 +2141,17 @@ mod client_index_tests {
         let (k, _) = store
             .tree
             .scan_prefix([CLIENT_INDEX])
-            .nth(1)
+            .next()
             .unwrap()
             .unwrap();
         let v = store.tree.remove(&k).unwrap().unwrap();
         let problems = listing_problems(&store);
         assert!(
             problems.len() == 1
-                && problems[0].contains("record listing has 0 records, the records say 100"),
+                && problems[0].contains(&format!("the records say {}", want.len() + 1)),
             "{problems:?}"
         );
-        store.tree.insert(&k, v).unwrap();
         // A damaged list is reported.
-        let (k, v) = store
-            .tree
-            .scan_prefix([CLIENT_INDEX])
-            .next()
-            .unwrap()
-            .unwrap();
         store.tree.insert(&k, &v[..v.len() - 3]).unwrap();
         assert!(matches!(
             store.query_records(&RecordQuery {

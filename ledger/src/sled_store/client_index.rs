@@ -12,9 +12,11 @@
 //! from the records the lists do not cover.
 //!
 //! Keys: `C` · client · period · first seq. The value is
-//! [`FORMAT_INDEX_LIST_V1`] then the seqs (u64 BE, ascending, the first one
-//! the key's), or empty: a key written before lists existed, which stands for
-//! its own record. Both read the same way, so old databases need no migration.
+//! [`FORMAT_INDEX_LIST_V1`] then at most [`MAX_LIST_SEQS`] seqs (u64 BE,
+//! ascending, the first one the key's), or empty: a key written before lists
+//! existed, which stands for its own record. Both read the same way, so old
+//! databases need no migration. The lists of one (client, period) never
+//! overlap: each holds seqs above every seq of the lists before it.
 
 use std::collections::BTreeMap;
 
@@ -34,7 +36,13 @@ pub(super) const FORMAT_INDEX_LIST_V1: u8 = 0x04;
 
 /// Pending records that make a commit write the index even without an
 /// aggregate checkpoint, which bounds the memory the pending index holds.
-pub(super) const FLUSH_PENDING_RECORDS: usize = 65_536;
+/// Small in tests, so that they cross it.
+pub(super) const FLUSH_PENDING_RECORDS: usize = if cfg!(test) { 16 } else { 65_536 };
+
+/// Seqs per list value at most: 6 KiB, like a record block, so a sled leaf
+/// of lists stays below sled's out-of-line blob size and a list fits a redo
+/// chunk. Small in tests, so that lists split.
+pub(super) const MAX_LIST_SEQS: usize = if cfg!(test) { 3 } else { 768 };
 
 /// What the stored lists cover; written in the same group as the lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,8 +61,9 @@ pub(super) struct ClientIndex {
     /// The mark above is not yet stored (a database from before index lists,
     /// whose per-record keys cover everything; or a new one).
     mark_unsaved: bool,
-    /// Client -> ids of its records at or above `mark.through_seq`, in seq order.
-    pending: HashMap<String, Vec<RecordId>>,
+    /// Client -> period -> seqs of its records at or above `mark.through_seq`,
+    /// ascending (seqs are given out in increasing order).
+    pending: HashMap<String, BTreeMap<Period, Vec<u64>>>,
     pending_records: usize,
 }
 
@@ -97,12 +106,14 @@ impl ClientIndex {
 
     fn push(&mut self, record: &StoredRecord) {
         let client = &record.record.client_id;
-        match self.pending.get_mut(client.as_str()) {
-            Some(ids) => ids.push(record.id),
-            None => {
-                self.pending.insert(client.clone(), vec![record.id]);
-            }
-        }
+        let periods = match self.pending.get_mut(client.as_str()) {
+            Some(periods) => periods,
+            None => self.pending.entry(client.clone()).or_default(),
+        };
+        periods
+            .entry(record.id.period)
+            .or_default()
+            .push(record.id.seq);
         self.pending_records += 1;
     }
 
@@ -115,11 +126,16 @@ impl ClientIndex {
         checkpoint: bool,
         writes: &mut Writes,
     ) -> Result<IndexChange, StoreError> {
-        // A record below the mark would be skipped by a rebuild; write it now.
-        let below_mark = records.iter().any(|r| r.id.seq < self.mark.through_seq);
-        let flush = checkpoint
-            || below_mark
-            || self.pending_records + records.len() >= FLUSH_PENDING_RECORDS;
+        // The engine gives seqs out in increasing order, so a record below the
+        // mark is a bug: a rebuild would skip it and its list could overlap
+        // stored ones. Refuse the group rather than index it wrongly.
+        if let Some(r) = records.iter().find(|r| r.id.seq < self.mark.through_seq) {
+            return Err(StoreError::Backend(format!(
+                "record seq {} is below the client index's mark {}",
+                r.id.seq, self.mark.through_seq
+            )));
+        }
+        let flush = checkpoint || self.pending_records + records.len() >= FLUSH_PENDING_RECORDS;
         if !flush {
             let pending_from = records
                 .iter()
@@ -137,27 +153,37 @@ impl ClientIndex {
         }
         let mut lists: BTreeMap<(&str, Period), Vec<u64>> = BTreeMap::new();
         let mut through_seq = self.mark.through_seq;
-        let pending = self
-            .pending
-            .iter()
-            .flat_map(|(client, ids)| ids.iter().map(move |id| (client.as_str(), *id)));
-        let group = records.iter().map(|r| (r.record.client_id.as_str(), r.id));
-        for (client, id) in pending.chain(group) {
-            lists.entry((client, id.period)).or_default().push(id.seq);
-            through_seq = through_seq.max(id.seq.saturating_add(1));
+        for (client, periods) in &self.pending {
+            for (period, seqs) in periods {
+                lists
+                    .entry((client.as_str(), *period))
+                    .or_default()
+                    .extend_from_slice(seqs);
+            }
+        }
+        for r in records {
+            lists
+                .entry((r.record.client_id.as_str(), r.id.period))
+                .or_default()
+                .push(r.id.seq);
         }
         for ((client, period), mut seqs) in lists {
             seqs.sort_unstable();
-            let Some(&first) = seqs.first() else { continue };
-            let mut value = Vec::with_capacity(1 + 8 * seqs.len());
-            value.push(FORMAT_INDEX_LIST_V1);
-            for seq in seqs {
-                value.extend_from_slice(&seq.to_be_bytes());
+            if let Some(&last) = seqs.last() {
+                through_seq = through_seq.max(last.saturating_add(1));
             }
-            writes.insert(
-                client_index_key(client, RecordId { period, seq: first }),
-                value,
-            );
+            for run in seqs.chunks(MAX_LIST_SEQS) {
+                let mut value = Vec::with_capacity(1 + 8 * run.len());
+                value.push(FORMAT_INDEX_LIST_V1);
+                for seq in run {
+                    value.extend_from_slice(&seq.to_be_bytes());
+                }
+                let first = RecordId {
+                    period,
+                    seq: run[0],
+                };
+                writes.insert(client_index_key(client, first), value);
+            }
         }
         let mark = IndexMark {
             through_seq,
@@ -194,15 +220,27 @@ impl ClientIndex {
         period: Option<Period>,
         after: Option<RecordId>,
     ) -> Vec<RecordId> {
-        let mut ids: Vec<RecordId> = self
-            .pending
-            .get(client)
-            .into_iter()
-            .flatten()
-            .filter(|id| period.is_none_or(|p| id.period == p) && after.is_none_or(|a| **id > a))
-            .copied()
-            .collect();
-        ids.sort_unstable();
+        use std::ops::Bound;
+        let Some(periods) = self.pending.get(client) else {
+            return Vec::new();
+        };
+        let from = match (period, after) {
+            (Some(p), _) => Bound::Included(p),
+            (None, Some(a)) => Bound::Included(a.period),
+            (None, None) => Bound::Unbounded,
+        };
+        let to = period.map_or(Bound::Unbounded, Bound::Included);
+        let mut ids = Vec::new();
+        for (p, seqs) in periods.range((from, to)) {
+            // Seqs are ascending: start after the cursor's without a scan.
+            // The range starts at the cursor's period, so only that one is cut.
+            let start = match after {
+                Some(a) if a.period == *p => seqs.partition_point(|s| *s <= a.seq),
+                _ => 0,
+            };
+            let tail = seqs.get(start..).unwrap_or_default();
+            ids.extend(tail.iter().map(|&seq| RecordId { period: *p, seq }));
+        }
         ids
     }
 }
