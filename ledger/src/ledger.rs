@@ -242,7 +242,7 @@ impl Ledger {
 
     /// [`Ledger::record`] for async callers.
     pub async fn record_async(&self, record: UsageRecord) -> Result<RecordOutcome, LedgerError> {
-        expect_record(self.submit_async(Command::Record(Box::new(record))).await?)
+        self.queue_record_async(record).await?.outcome().await
     }
 
     /// The first half of [`Ledger::record_async`]: returns once the record is

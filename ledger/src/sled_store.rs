@@ -366,6 +366,21 @@ impl SledStore {
         Ok(n)
     }
 
+    /// The last entry at or before `key` whose key starts with `prefix`: the
+    /// record block or client-index list that holds `key`'s record, as keys of
+    /// blocks and lists are their first record's.
+    fn floor_entry(
+        &self,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        Ok(self
+            .tree
+            .range::<&[u8], _>(prefix..=key)
+            .next_back()
+            .transpose()?)
+    }
+
     fn read_guard(&self) -> std::sync::RwLockReadGuard<'_, u64> {
         // A poisoned lock only means a commit panicked mid-way; the data is as
         // sled holds it, so reading on is no worse than without the lock.
@@ -744,22 +759,17 @@ struct StoredClientIds {
 impl StoredClientIds {
     fn new(
         store: &SledStore,
+        client: &str,
         prefix: Vec<u8>,
         id_at: usize,
         after: Option<RecordId>,
     ) -> Result<Self, StoreError> {
-        // Resume in the list that holds the cursor's record: the last key at or
-        // before the key that record would have on its own.
+        // Resume in the list that holds the cursor's record.
         let mut start = prefix.clone();
-        if let Some(a) = after {
-            let own = client_index_key_with(&prefix[..id_at], a);
-            if let Some(kv) = store
-                .tree
-                .range::<&[u8], _>(&prefix[..]..=&own[..])
-                .next_back()
-            {
-                start = kv?.0.to_vec();
-            }
+        if let Some(a) = after
+            && let Some((k, _)) = store.floor_entry(&prefix, &client_index_key(client, a))?
+        {
+            start = k.to_vec();
         }
         Ok(StoredClientIds {
             keys: store.tree.range(start..),
@@ -792,13 +802,6 @@ impl StoredClientIds {
 fn client_index_key(client: &str, id: RecordId) -> Vec<u8> {
     let mut k = vec![CLIENT_INDEX];
     put_str(&mut k, client);
-    k.extend_from_slice(&id_bytes(id));
-    k
-}
-
-/// [`client_index_key`] from the encoded `C` · client prefix.
-fn client_index_key_with(client_prefix: &[u8], id: RecordId) -> Vec<u8> {
-    let mut k = client_prefix.to_vec();
     k.extend_from_slice(&id_bytes(id));
     k
 }
@@ -1031,15 +1034,9 @@ impl LedgerStore for SledStore {
     fn get_record(&self, id: RecordId) -> Result<Option<StoredRecord>, StoreError> {
         // The block holding `id` is the last `R` key of its period at or before it.
         let key = record_key(id);
-        let period_start = &key[..5];
-        let Some(kv) = self
-            .tree
-            .range::<&[u8], _>(period_start..=&key[..])
-            .next_back()
-        else {
+        let Some((k, v)) = self.floor_entry(&key[..5], &key)? else {
             return Ok(None);
         };
-        let (k, v) = kv?;
         match record_entries(&k, &v)?
             .into_iter()
             .find(|(seq, _)| *seq == id.seq)
@@ -1095,28 +1092,18 @@ impl LedgerStore for SledStore {
                 .pending_ids(c, q.period, after)
                 .into_iter()
                 .peekable();
-            let mut stored = StoredClientIds::new(self, prefix, id_offset, after)?;
+            let mut stored = StoredClientIds::new(self, c, prefix, id_offset, after)?;
             let mut next_stored = stored.next_id()?;
-            // Stored lists and pending ids are each in (period, seq) order: merge.
+            // Stored lists and pending ids are each in (period, seq) order and
+            // disjoint (pending seqs are at or above the mark, stored ones
+            // below): merge.
             loop {
-                let id = match (next_stored, pending.peek().copied()) {
-                    (Some(s), Some(p)) if p < s => {
-                        pending.next();
-                        p
-                    }
-                    (Some(s), p) => {
-                        if p == Some(s) {
-                            pending.next();
-                        }
-                        next_stored = stored.next_id()?;
-                        s
-                    }
-                    (None, Some(p)) => {
-                        pending.next();
-                        p
-                    }
-                    (None, None) => break,
+                let id = match (next_stored, pending.peek()) {
+                    (Some(s), Some(&p)) if p < s => pending.next(),
+                    (Some(_), _) => std::mem::replace(&mut next_stored, stored.next_id()?),
+                    (None, _) => pending.next(),
                 };
+                let Some(id) = id else { break };
                 let key = client_index_key(c, id);
                 let Some(rec) = self.get_record(id)? else {
                     return Err(corrupt(&key, "client index points at no record"));
@@ -1137,11 +1124,7 @@ impl LedgerStore for SledStore {
             // Resume in the block that holds the cursor's record.
             let mut start = prefix.clone();
             if let Some(c) = &cursor {
-                let floor = self
-                    .tree
-                    .range::<&[u8], _>(&prefix[..]..=&c[..])
-                    .next_back()
-                    .transpose()?;
+                let floor = self.floor_entry(&prefix, c)?;
                 start = floor.map_or_else(|| c.clone(), |(k, _)| k.to_vec());
             }
             'blocks: for kv in self.tree.range(start..) {
@@ -1378,6 +1361,33 @@ mod tests {
         }
     }
 
+    /// Writes records the way a version before record blocks and index lists
+    /// did: a key per record (its value from `encode`), its idempotency key,
+    /// a client-index key with an empty value.
+    pub(super) fn write_legacy(
+        store: &SledStore,
+        records: &[StoredRecord],
+        encode: impl Fn(&StoredRecord) -> Vec<u8>,
+    ) {
+        for r in records {
+            store.tree.insert(record_key(r.id), encode(r)).unwrap();
+            store
+                .tree
+                .insert(
+                    prefixed(IDEMPOTENCY, &r.record.idempotency_key),
+                    id_bytes(r.id).to_vec(),
+                )
+                .unwrap();
+            store
+                .tree
+                .insert(
+                    client_index_key(&r.record.client_id, r.id),
+                    Vec::<u8>::new(),
+                )
+                .unwrap();
+        }
+    }
+
     #[test]
     fn records_round_trip_in_binary_form_and_json_records_still_read() {
         let store = SledStore::temporary().unwrap();
@@ -1406,21 +1416,9 @@ mod tests {
             })
             .unwrap();
         // A record written by an earlier version (JSON value), with its keys.
-        store
-            .tree
-            .insert(record_key(legacy.id), serde_json::to_vec(&legacy).unwrap())
-            .unwrap();
-        store
-            .tree
-            .insert(
-                prefixed(IDEMPOTENCY, &legacy.record.idempotency_key),
-                id_bytes(legacy.id).to_vec(),
-            )
-            .unwrap();
-        store
-            .tree
-            .insert(client_index_key("c", legacy.id), Vec::<u8>::new())
-            .unwrap();
+        write_legacy(&store, std::slice::from_ref(&legacy), |r| {
+            serde_json::to_vec(r).unwrap()
+        });
         for r in [&usage, &reversal, &legacy] {
             // Decimal equality ignores scale; compare the exact text too.
             let got = store.get_record(r.id).unwrap().unwrap();
@@ -1870,36 +1868,6 @@ mod client_index_tests {
         }]
     }
 
-    /// Writes records the way a version before index lists did: a key per
-    /// record, a client-index key with an empty value, no mark.
-    fn write_legacy(store: &SledStore, records: &[StoredRecord], next_seq: u64) {
-        for r in records {
-            store
-                .tree
-                .insert(record_key(r.id), encode_record(r).unwrap())
-                .unwrap();
-            store
-                .tree
-                .insert(
-                    prefixed(IDEMPOTENCY, &r.record.idempotency_key),
-                    id_bytes(r.id).to_vec(),
-                )
-                .unwrap();
-            store
-                .tree
-                .insert(
-                    client_index_key(&r.record.client_id, r.id),
-                    Vec::<u8>::new(),
-                )
-                .unwrap();
-        }
-        let meta = Meta {
-            next_seq,
-            ..Meta::default()
-        };
-        store.tree.insert(META, encode_bin(&meta).unwrap()).unwrap();
-    }
-
     fn page(
         store: &SledStore,
         client: &str,
@@ -2003,7 +1971,12 @@ mod client_index_tests {
             {
                 let store = SledStore::open(dir.path()).unwrap();
                 let old = fresh(legacy, &mut next_seq);
-                write_legacy(&store, &old, next_seq);
+                super::tests::write_legacy(&store, &old, |r| encode_record(r).unwrap());
+                let meta = Meta {
+                    next_seq,
+                    ..Meta::default()
+                };
+                store.tree.insert(META, encode_bin(&meta).unwrap()).unwrap();
                 all.extend(old);
             }
             let mut store = SledStore::open(dir.path()).unwrap();

@@ -14,8 +14,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tollgate_ledger::{
-    Durability, Ledger, PluginRef, QueuedRecord, RecordFlags, Reservation, ReservationId, Tokens,
-    UsageRecord,
+    Durability, Ledger, PluginRef, QueuedRecord, RecordFlags, Reservation, Tokens, UsageRecord,
 };
 use tollgate_plugin_types::{
     BusinessUnit, Endpoint, ModelOffer, OfferRef, Outcome, PeriodUsage, PriceQuote, RequestSummary,
@@ -25,6 +24,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::error::ApiError;
+use super::metrics::GatewayMetrics;
 use super::tenancy::Caller;
 use crate::config::{CatalogEntry, ModelKind};
 use crate::plugin::PluginError;
@@ -611,24 +611,22 @@ async fn record(
     for attempt in 0..3u32 {
         match state.ledger.queue_record_async(record.clone()).await {
             Ok(queued) => {
-                let outcome = RecordOutcome {
-                    ledger: state.ledger.clone(),
-                    metrics: state.metrics.clone(),
-                    reservation: prepared.reservation.as_ref().map(|r| r.id),
-                    flags: bill.flags,
-                    record,
-                };
                 match state.ledger.durability() {
                     // Sync mode promises the record is on disk before the
                     // answer completes.
-                    Durability::Sync => outcome.wait(queued).await,
+                    Durability::Sync => {
+                        await_outcome(queued, &state.ledger, &state.metrics, &record).await;
+                    }
                     // Batched mode promises a flush within the interval, not
                     // an applied group before the answer: the reservation holds
                     // the spend until the record settles it, so the answer
                     // need not wait for the writer. Shutdown waits for the
                     // tracked task (and the ledger drains its queue).
                     Durability::Batched { .. } => {
-                        state.requests.spawn(outcome.wait(queued).in_current_span());
+                        let (ledger, metrics) = (state.ledger.clone(), state.metrics.clone());
+                        let settled =
+                            async move { await_outcome(queued, &ledger, &metrics, &record).await };
+                        state.requests.spawn(settled.in_current_span());
                     }
                 }
                 return Ok(());
@@ -645,50 +643,28 @@ async fn record(
         }
     }
     let error = last_error.map(|e| e.to_string()).unwrap_or_default();
-    not_written(
-        &state.ledger,
-        &state.metrics,
-        prepared.reservation.as_ref().map(|r| r.id),
-        &record,
-        &error,
-    );
+    not_written(&state.ledger, &state.metrics, &record, &error);
     Ok(())
 }
 
-/// A queued usage record and what its outcome must update.
-struct RecordOutcome {
-    ledger: Ledger,
-    metrics: super::metrics::GatewayMetrics,
-    reservation: Option<ReservationId>,
-    flags: RecordFlags,
-    record: UsageRecord,
-}
-
-impl RecordOutcome {
-    async fn wait(self, queued: QueuedRecord) {
-        match queued.outcome().await {
-            Ok(_) => self.metrics.recorded(&self.flags),
-            Err(e) => not_written(
-                &self.ledger,
-                &self.metrics,
-                self.reservation,
-                &self.record,
-                &e.to_string(),
-            ),
-        }
+/// Waits for a queued record's outcome: counts it, or (refused or lost)
+/// releases its reservation and logs it for replay.
+async fn await_outcome(
+    queued: QueuedRecord,
+    ledger: &Ledger,
+    metrics: &GatewayMetrics,
+    record: &UsageRecord,
+) {
+    match queued.outcome().await {
+        Ok(_) => metrics.recorded(&record.flags),
+        Err(e) => not_written(ledger, metrics, record, &e.to_string()),
     }
 }
 
 /// A usage record the ledger refused or lost after the provider answered.
-fn not_written(
-    ledger: &Ledger,
-    metrics: &super::metrics::GatewayMetrics,
-    reservation: Option<ReservationId>,
-    record: &UsageRecord,
-    error: &str,
-) {
+fn not_written(ledger: &Ledger, metrics: &GatewayMetrics, record: &UsageRecord, error: &str) {
     metrics.record_failed();
-    if let Some(id) = reservation
+    if let Some(id) = record.reservation_id
         && let Err(e) = ledger.release(id)
     {
         tracing::warn!(error = %e, "could not release a reservation");
