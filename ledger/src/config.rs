@@ -85,6 +85,17 @@ pub struct LedgerConfig {
     pub queue_capacity: usize,
     /// Most commands applied in one group commit.
     pub max_batch: usize,
+    /// `Batched` mode only: once a record arrives at an idle writer, the
+    /// writer waits this long for more before it forms a group. Fewer,
+    /// larger groups mean fewer store writes and thread wake-ups per record;
+    /// the price is that a record is applied (and visible to reads) up to
+    /// this much later, well inside the `flush_every` window a crash may
+    /// lose anyway. Other commands (top-ups, plans, reversals) never wait.
+    /// It pays where writers do not wait for their records (the gateway
+    /// queues a record and answers its client); a writer that waits for
+    /// each record waits the linger too, so the default is zero: a group
+    /// is formed from whatever is queued, at once.
+    pub record_linger: Duration,
     /// Dirty running aggregates are written to the store at most this long after
     /// they change (in the group commit that happens to be running). Zero writes
     /// them with every group. Records are always written immediately; after a
@@ -121,6 +132,7 @@ impl Default for LedgerConfig {
             calendar: Calendar::default(),
             queue_capacity: 8192,
             max_batch: 2048,
+            record_linger: Duration::ZERO,
             enqueue_timeout: Duration::from_secs(5),
             aggregate_checkpoint_every: Duration::from_millis(250),
             max_dirty_aggregates: 100_000,

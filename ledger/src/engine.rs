@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -33,6 +33,7 @@ use crate::model::{
     StoredRecord, TopUpOutcome, Totals, UsageRecord, contributions,
 };
 use crate::period::Period;
+use crate::queued::{QueuedUsage, Tally};
 use crate::store::{AggregateWrite, CommitGroup, LedgerStore};
 
 const MAX_ID_LEN: usize = 1024;
@@ -190,6 +191,8 @@ pub(crate) struct Shared {
     /// on every request, so this is ordered like the store rather than a hash
     /// map walked whole.
     pub overlay: RwLock<BTreeMap<Vec<u8>, (AggKey, Totals)>>,
+    /// Records queued and not yet published, for `usage_so_far`.
+    pub queued: QueuedUsage,
     /// Batched mode: applied but not yet flushed.
     dirty: AtomicBool,
     /// Set when a commit or flush failed: memory may be ahead of the store, so
@@ -213,6 +216,9 @@ struct Prepared {
     /// time bounds batched ingest.
     overlay: Vec<(Vec<u8>, (AggKey, Totals))>,
     results: Vec<Result<Reply, LedgerError>>,
+    /// The batch's records' shares of [`Shared::queued`], dropped from it
+    /// once the batch is published (or has failed).
+    queued: Vec<Tally>,
 }
 
 /// Changes accumulated while a batch is applied.
@@ -305,6 +311,7 @@ impl Shared {
         Ok(Shared {
             store,
             overlay: RwLock::new(BTreeMap::new()),
+            queued: QueuedUsage::new(),
             dirty: AtomicBool::new(false),
             poisoned: Mutex::new(None),
             committed: Mutex::new(0),
@@ -344,6 +351,12 @@ impl Shared {
             Some(p) => Err(LedgerError::Poisoned(p.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Groups the writer has formed so far.
+    #[cfg(test)]
+    pub(crate) fn groups_formed(&self) -> u64 {
+        self.lock().map(|st| st.inflight_no).unwrap_or(0)
     }
 
     /// Waits until the committer is done with batch `n` (its group is in the
@@ -453,6 +466,13 @@ impl Shared {
     /// Applies a batch of commands to memory and builds its commit group.
     /// `force_checkpoint` also writes every dirty aggregate in that group.
     fn prepare(&self, cmds: Vec<Command>, force_checkpoint: bool) -> Prepared {
+        let queued = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::Record(r) => Some(Tally::of(&self.cfg.calendar, r)),
+                _ => None,
+            })
+            .collect();
         let mut st = match self.lock() {
             Ok(st) => st,
             Err(e) => {
@@ -462,6 +482,7 @@ impl Shared {
                     checkpoint: false,
                     overlay: Vec::new(),
                     results: cmds.iter().map(|_| Err(clone_err(&e))).collect(),
+                    queued,
                 };
             }
         };
@@ -486,6 +507,7 @@ impl Shared {
                 checkpoint: false,
                 overlay: Vec::new(),
                 results,
+                queued,
             };
         }
         if checkpoint {
@@ -518,19 +540,37 @@ impl Shared {
             checkpoint,
             overlay,
             results,
+            queued,
         }
     }
 
     /// Commits a prepared batch and makes it visible to readers; returns each
     /// command's result. After a failed commit (this one or an earlier one)
     /// nothing is written and every command fails: memory is ahead of the store.
-    fn complete(&self, p: Prepared) -> Vec<Result<Reply, LedgerError>> {
+    fn complete(&self, mut p: Prepared) -> Vec<Result<Reply, LedgerError>> {
+        let queued = std::mem::take(&mut p.queued);
+        let results = self.commit_and_publish(p);
+        // Only now: until its group is published a record must be counted
+        // here, or a reader would miss it (see `queued`).
+        self.unqueue(&queued);
+        results
+    }
+
+    /// Drops records from [`Shared::queued`].
+    fn unqueue(&self, tallies: &[Tally]) {
+        for tally in tallies {
+            self.queued.remove(tally);
+        }
+    }
+
+    fn commit_and_publish(&self, p: Prepared) -> Vec<Result<Reply, LedgerError>> {
         let Prepared {
             mut group,
             empty,
             checkpoint,
             overlay,
             mut results,
+            queued: _,
         } = p;
         if empty {
             return results;
@@ -1387,8 +1427,18 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
         if committer.is_err() {
             sh.poison("could not start the ledger committer thread".into());
         }
+        let linger = match sh.cfg.durability {
+            Durability::Batched { .. } => sh.cfg.record_linger,
+            Durability::Sync => Duration::ZERO,
+        };
         let mut no = 0u64;
         while let Ok(first) = rx.recv() {
+            // Sleeping rather than waiting on the queue is the point: a
+            // writer blocked in `recv` is woken by every send, which at a few
+            // thousand records a second costs more than the records.
+            if !linger.is_zero() && matches!(first.cmd, Command::Record(_)) {
+                std::thread::sleep(linger);
+            }
             let mut cmds = vec![first.cmd];
             let mut replies = vec![first.reply];
             while cmds.len() < sh.cfg.max_batch {
@@ -1416,6 +1466,7 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
                 // No committer: nothing can be written.
                 let e = LedgerError::Poisoned("ledger committer thread is gone".into());
                 sh.poison(e.to_string());
+                sh.unqueue(&h.prepared.queued);
                 for reply in h.replies {
                     let _ = reply.send(Err(clone_err(&e)));
                 }
@@ -1490,7 +1541,7 @@ pub(crate) fn run_flusher(sh: Arc<Shared>, stop: flume::Receiver<()>, every: std
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::{PluginRef, RecordFlags, Tokens};
+    use crate::model::{PluginRef, RecordFlags, Tokens, UsageSoFar};
 
     fn rec(cost: i64, surcharge: i64, total: i64, failed: bool) -> UsageRecord {
         let t = DateTime::from_timestamp(1_736_500_000, 0).unwrap();
@@ -1545,5 +1596,174 @@ mod tests {
                 assert_eq!(r.charged_provider_cost() + r.surcharge, r.total_charged);
             }
         }
+    }
+
+    /// What `record_linger` groups in `batched` mode: two records 50 ms
+    /// apart share a group when the writer lingers 300 ms, and do not when it
+    /// does not linger; a top-up, which someone waits for, never lingers.
+    #[test]
+    fn batched_writer_lingers_for_records_only() {
+        fn open(linger_ms: u64) -> crate::Ledger {
+            crate::Ledger::open(LedgerConfig {
+                durability: Durability::Batched {
+                    flush_every: Duration::from_millis(500),
+                },
+                record_linger: Duration::from_millis(linger_ms),
+                ..LedgerConfig::default()
+            })
+            .unwrap()
+        }
+        fn keyed(key: &str) -> UsageRecord {
+            UsageRecord {
+                idempotency_key: key.into(),
+                ..rec(100, 10, 110, false)
+            }
+        }
+        /// Groups formed while `first` runs, then `second` 50 ms later.
+        fn groups(
+            ledger: &crate::Ledger,
+            first: impl FnOnce(&crate::Ledger) + Send,
+            second: impl FnOnce(&crate::Ledger) + Send,
+        ) -> u64 {
+            let before = ledger.shared().groups_formed();
+            std::thread::scope(|s| {
+                s.spawn(|| first(ledger));
+                std::thread::sleep(Duration::from_millis(50));
+                s.spawn(|| second(ledger));
+            });
+            ledger.shared().groups_formed() - before
+        }
+        let record =
+            |key: &'static str| move |l: &crate::Ledger| drop(l.record(keyed(key)).unwrap());
+        let top_up = |l: &crate::Ledger| {
+            l.top_up("c", Decimal::ONE, "t1", None).unwrap();
+        };
+
+        let lingering = open(300);
+        assert_eq!(groups(&lingering, record("a"), record("b")), 1);
+        assert_eq!(groups(&lingering, top_up, record("c")), 2);
+        let eager = open(0);
+        assert_eq!(groups(&eager, record("a"), record("b")), 2);
+    }
+
+    /// `usage_so_far` counts a record from the moment it is queued, while
+    /// the writer still lingers over it, and exactly once after: a duplicate
+    /// and a refused record drop out when their batch is done.
+    #[test]
+    fn usage_so_far_counts_queued_records_once_and_only_those_written() {
+        let ledger = crate::Ledger::open(LedgerConfig {
+            durability: Durability::Batched {
+                flush_every: Duration::from_millis(500),
+            },
+            record_linger: Duration::from_millis(300),
+            ..LedgerConfig::default()
+        })
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let now = Utc::now();
+        let ticket = |key: &str, cost: i64| UsageRecord {
+            idempotency_key: key.into(),
+            units: BTreeMap::from([("ticket".to_owned(), Decimal::ONE)]),
+            started_at: now,
+            finished_at: now,
+            ..rec(cost, 10, cost + 10, false)
+        };
+        let period = ledger.calendar().period_of(ticket("x", 1).finished_at);
+        let usage = || ledger.usage_so_far("c", period).unwrap();
+        let seen = |requests: i64, spend: i64, tickets: i64| UsageSoFar {
+            requests,
+            spend: Decimal::new(spend, 2),
+            units: if tickets == 0 {
+                BTreeMap::new()
+            } else {
+                BTreeMap::from([("ticket".to_owned(), Decimal::from(tickets))])
+            },
+        };
+        assert_eq!(usage(), seen(0, 0, 0));
+
+        runtime.block_on(async {
+            let first = ledger.queue_record_async(ticket("a", 100)).await.unwrap();
+            // Queued, not yet applied: the writer lingers 300 ms.
+            assert_eq!(ledger.shared().groups_formed(), 0);
+            assert_eq!(usage(), seen(1, 110, 1));
+            let again = ledger.queue_record_async(ticket("a", 100)).await.unwrap();
+            let mut refused = ticket("b", 40);
+            refused.routed_model = String::new();
+            let refused = ledger.queue_record_async(refused).await.unwrap();
+            // Counted while queued: a limit errs on the safe side.
+            assert_eq!(usage(), seen(3, 270, 3));
+            assert!(matches!(
+                first.outcome().await.unwrap(),
+                RecordOutcome::Recorded(_)
+            ));
+            assert!(matches!(
+                again.outcome().await.unwrap(),
+                RecordOutcome::Duplicate(_)
+            ));
+            assert!(refused.outcome().await.is_err());
+        });
+        assert_eq!(ledger.shared().queued.len(), 0);
+        assert_eq!(usage(), seen(1, 110, 1));
+        assert_eq!(
+            ledger
+                .record(ticket("c", 30))
+                .unwrap()
+                .record()
+                .record
+                .total_charged,
+            Decimal::new(40, 2)
+        );
+        assert_eq!(usage(), seen(2, 150, 2));
+        assert_eq!(ledger.shared().queued.len(), 0);
+    }
+
+    /// A record whose enqueue is given up (its future dropped while the
+    /// queue is full) or refused as overloaded is not left counted.
+    #[test]
+    fn a_record_that_never_reaches_the_queue_is_not_counted() {
+        let ledger = crate::Ledger::open(LedgerConfig {
+            durability: Durability::Batched {
+                flush_every: Duration::from_millis(500),
+            },
+            record_linger: Duration::from_millis(300),
+            queue_capacity: 1,
+            enqueue_timeout: Duration::from_millis(20),
+            ..LedgerConfig::default()
+        })
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let now = Utc::now();
+        let record = |key: &str| UsageRecord {
+            idempotency_key: key.into(),
+            started_at: now,
+            finished_at: now,
+            ..rec(100, 10, 110, false)
+        };
+        runtime.block_on(async {
+            // The writer takes the first and lingers; the second fills the queue.
+            let first = ledger.queue_record_async(record("a")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let second = ledger.queue_record_async(record("b")).await.unwrap();
+            let dropped = tokio::time::timeout(
+                Duration::from_millis(5),
+                ledger.queue_record_async(record("c")),
+            )
+            .await;
+            assert!(dropped.is_err(), "the queue should have been full");
+            let overloaded = ledger.queue_record_async(record("d")).await;
+            assert!(matches!(overloaded, Err(LedgerError::Overloaded { .. })));
+            assert_eq!(ledger.shared().queued.len(), 2);
+            first.outcome().await.unwrap();
+            second.outcome().await.unwrap();
+        });
+        assert_eq!(ledger.shared().queued.len(), 0);
+        let period = ledger.current_period();
+        assert_eq!(ledger.usage_so_far("c", period).unwrap().requests, 2);
     }
 }

@@ -21,6 +21,7 @@ use crate::model::{
 };
 use crate::money::Currency;
 use crate::period::{Calendar, Period};
+use crate::queued::Tally;
 use crate::sled_store::SledStore;
 use crate::statement::{self, Payout, Settlement, Statement, UsageReport};
 use crate::store::LedgerStore;
@@ -96,6 +97,30 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
+/// A record counted in [`Shared::queued`] by [`Ledger::count_queued`]: the
+/// count is undone when this is dropped, unless the record was handed to the
+/// writer (which undoes it itself). A dropped enqueue future, or a failed
+/// enqueue, so never leaves a record counted that will not be written.
+struct Counted<'a> {
+    ledger: &'a Ledger,
+    tally: Option<Tally>,
+}
+
+impl Counted<'_> {
+    /// The record is in the writer's queue; the writer owns its count now.
+    fn handed_over(mut self) {
+        self.tally = None;
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if let Some(tally) = self.tally.take() {
+            self.ledger.shared().queued.remove(&tally);
+        }
+    }
+}
+
 impl Ledger {
     /// Opens the sled ledger at `config.path` (temporary when `None`).
     pub fn open(config: LedgerConfig) -> Result<Ledger, LedgerError> {
@@ -164,7 +189,7 @@ impl Ledger {
         Arc::clone(&self.inner.control)
     }
 
-    fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
     }
 
@@ -198,6 +223,7 @@ impl Ledger {
         let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
         let (rtx, rrx) = flume::bounded(1);
         let timeout = self.shared().cfg.enqueue_timeout;
+        let counted = self.count_queued(&cmd);
         tx.send_timeout(Job { cmd, reply: rtx }, timeout)
             .map_err(|e| match e {
                 flume::SendTimeoutError::Timeout(_) => LedgerError::Overloaded {
@@ -205,7 +231,25 @@ impl Ledger {
                 },
                 flume::SendTimeoutError::Disconnected(_) => LedgerError::Closed,
             })?;
+        counted.handed_over();
         rrx.recv().map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Counts a record in the usage readers see from before it is queued;
+    /// the writer drops it from that count once its group is published.
+    fn count_queued(&self, cmd: &Command) -> Counted<'_> {
+        let tally = match cmd {
+            Command::Record(record) => {
+                let tally = Tally::of(&self.shared().cfg.calendar, record);
+                self.shared().queued.add(&tally);
+                Some(tally)
+            }
+            _ => None,
+        };
+        Counted {
+            ledger: self,
+            tally,
+        }
     }
 
     /// Async flavour of the queue round trip. Must run inside a tokio runtime
@@ -224,12 +268,16 @@ impl Ledger {
         let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
         let (rtx, rrx) = flume::bounded(1);
         let timeout = self.shared().cfg.enqueue_timeout;
+        let counted = self.count_queued(&cmd);
         match tokio::time::timeout(timeout, tx.send_async(Job { cmd, reply: rtx })).await {
             Err(_) => Err(LedgerError::Overloaded {
                 waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             }),
             Ok(Err(_)) => Err(LedgerError::Closed),
-            Ok(Ok(())) => Ok(rrx),
+            Ok(Ok(())) => {
+                counted.handed_over();
+                Ok(rrx)
+            }
         }
     }
 
@@ -309,8 +357,13 @@ impl Ledger {
     }
 
     /// Spend, request count and unit totals of a client in a period, read from
-    /// the running aggregates (a point read plus a short prefix scan).
+    /// the running aggregates (a point read plus a short prefix scan), plus
+    /// the client's records still on their way through the writer: a record
+    /// counts from the moment it is queued, in either durability mode.
     pub fn usage_so_far(&self, client_id: &str, period: Period) -> Result<UsageSoFar, LedgerError> {
+        // The queued records first: one leaves that count only after it is
+        // published, so read in this order it is never missed.
+        let queued = self.shared().queued.of(client_id, period);
         let t = self
             .shared()
             .aggregate(&AggKey::Client {
@@ -327,9 +380,12 @@ impl Ledger {
                 units.insert(unit, v.quantity);
             }
         }
+        for (unit, quantity) in queued.units {
+            *units.entry(unit).or_default() += quantity;
+        }
         Ok(UsageSoFar {
-            spend: t.total,
-            requests: t.requests,
+            spend: t.total + queued.spend,
+            requests: t.requests + queued.requests,
             units,
         })
     }
