@@ -81,9 +81,13 @@ pub fn ledger_config(config: &Config) -> Result<LedgerConfig, ConfigError> {
         path: Some(s.data_dir.join("ledger")),
         durability: match s.durability {
             Durability::Sync => tollgate_ledger::Durability::Sync,
-            Durability::Batched(every) => {
-                tollgate_ledger::Durability::Batched { flush_every: every }
+            Durability::Batched { flush_every, .. } => {
+                tollgate_ledger::Durability::Batched { flush_every }
             }
+        },
+        record_linger: match s.durability {
+            Durability::Sync => std::time::Duration::ZERO,
+            Durability::Batched { record_linger, .. } => record_linger,
         },
         currency,
         calendar: Calendar {
@@ -238,4 +242,36 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    fn ledger_of(ledger_section: &str) -> LedgerConfig {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[ledger]\n{ledger_section}\n\n\
+             [[providers]]\nid = \"demo\"\nkind = \"demo\"\n"
+        );
+        let config = Config::parse(&text, std::path::Path::new("linger.toml")).unwrap();
+        ledger_config(&config).unwrap()
+    }
+
+    #[test]
+    fn a_batched_ledger_lingers_for_records_and_a_sync_one_never() {
+        let linger = |section: &str| ledger_of(section).record_linger;
+        assert_eq!(linger("durability = \"batched\""), Duration::from_millis(1));
+        assert_eq!(
+            linger("durability = \"batched\"\nrecord_linger_us = 250"),
+            Duration::from_micros(250)
+        );
+        assert_eq!(
+            linger("durability = \"batched\"\nrecord_linger_us = 0"),
+            Duration::ZERO
+        );
+        assert_eq!(linger("durability = \"sync\""), Duration::ZERO);
+        assert_eq!(linger(""), Duration::ZERO);
+    }
 }

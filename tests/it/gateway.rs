@@ -195,11 +195,15 @@ async fn a_binding_keeps_an_instance_ready_for_its_next_request() {
 /// applied (a timing this test does not observe): every request must still
 /// end with exactly one record, each reservation must be settled by its
 /// record, each outcome counted, and a restart (a graceful shutdown waits for
-/// the queued records) must keep them all.
+/// the queued records) must keep them all. The ledger writer lingers for
+/// records here, so they are written in shared groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batched_gateway_records_each_request_it_answered_once_and_keeps_them() {
     let options = Options {
-        durability: tollgate::config::Durability::Batched(Duration::from_millis(50)),
+        durability: tollgate::config::Durability::Batched {
+            flush_every: Duration::from_millis(50),
+            record_linger: Duration::from_millis(5),
+        },
         ..Options::default()
     };
     let gw = gateway::start_with(
@@ -275,10 +279,10 @@ async fn a_batched_gateway_records_each_request_it_answered_once_and_keeps_them(
 /// A plugin's quota from `usage_so_far` holds for a client's sequential
 /// requests in `batched` mode, with another client keeping the ledger busy:
 /// the lead-qualifier plugin caps scored leads, so with a cap of 2 the third
-/// lead of every client must be refused, never priced. (Answers go out once
-/// records are queued; the window before they are applied is far shorter
-/// than a client's round trip here. ARCHITECTURE.md, Durability, says when
-/// it is not.)
+/// lead of every client must be refused, never priced. Answers go out once
+/// records are queued, and the ledger writer lingers 100 ms over records
+/// here, far longer than a client's round trip: `usage_so_far` must count
+/// queued records, or the third lead would get through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_batched_mode_a_clients_next_request_sees_its_previous_usage() {
     let leads = r#"{"model": "mini-ok", "tier1_leads": 10, "tier1_rate": "0.5", "tier2_rate": "0.3", "monthly_lead_cap": 2}"#;
@@ -287,7 +291,10 @@ async fn in_batched_mode_a_clients_next_request_sees_its_previous_usage() {
         "crm11",
     ];
     let options = Options {
-        durability: tollgate::config::Durability::Batched(Duration::from_millis(50)),
+        durability: tollgate::config::Durability::Batched {
+            flush_every: Duration::from_millis(200),
+            record_linger: Duration::from_millis(100),
+        },
         ..Options::default()
     };
     let mut specs: Vec<ClientSpec> = clients
