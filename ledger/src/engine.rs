@@ -33,7 +33,7 @@ use crate::model::{
     StoredRecord, TopUpOutcome, Totals, UsageRecord, contributions,
 };
 use crate::period::Period;
-use crate::queued::{QueuedUsage, Tally};
+use crate::queued::{QueuedUsage, Shares};
 use crate::store::{AggregateWrite, CommitGroup, LedgerStore};
 
 const MAX_ID_LEN: usize = 1024;
@@ -216,9 +216,9 @@ struct Prepared {
     /// time bounds batched ingest.
     overlay: Vec<(Vec<u8>, (AggKey, Totals))>,
     results: Vec<Result<Reply, LedgerError>>,
-    /// The batch's records' shares of [`Shared::queued`], dropped from it
-    /// once the batch is published (or has failed).
-    queued: Vec<Tally>,
+    /// The batch's records' shares of [`Shared::queued`], taken out of it
+    /// once the batch is published (or has failed), under one lock.
+    queued: Shares,
 }
 
 /// Changes accumulated while a batch is applied.
@@ -466,13 +466,12 @@ impl Shared {
     /// Applies a batch of commands to memory and builds its commit group.
     /// `force_checkpoint` also writes every dirty aggregate in that group.
     fn prepare(&self, cmds: Vec<Command>, force_checkpoint: bool) -> Prepared {
-        let queued = cmds
-            .iter()
-            .filter_map(|c| match c {
-                Command::Record(r) => Some(Tally::of(&self.cfg.calendar, r)),
-                _ => None,
-            })
-            .collect();
+        let mut queued = Shares::default();
+        for cmd in &cmds {
+            if let Command::Record(r) = cmd {
+                queued.add(&self.cfg.calendar, r);
+            }
+        }
         let mut st = match self.lock() {
             Ok(st) => st,
             Err(e) => {
@@ -552,15 +551,8 @@ impl Shared {
         let results = self.commit_and_publish(p);
         // Only now: until its group is published a record must be counted
         // here, or a reader would miss it (see `queued`).
-        self.unqueue(&queued);
+        self.queued.remove(&queued);
         results
-    }
-
-    /// Drops records from [`Shared::queued`].
-    fn unqueue(&self, tallies: &[Tally]) {
-        for tally in tallies {
-            self.queued.remove(tally);
-        }
     }
 
     fn commit_and_publish(&self, p: Prepared) -> Vec<Result<Reply, LedgerError>> {
@@ -1466,7 +1458,7 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
                 // No committer: nothing can be written.
                 let e = LedgerError::Poisoned("ledger committer thread is gone".into());
                 sh.poison(e.to_string());
-                sh.unqueue(&h.prepared.queued);
+                sh.queued.remove(&h.prepared.queued);
                 for reply in h.replies {
                     let _ = reply.send(Err(clone_err(&e)));
                 }

@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::money::Currency;
 use crate::period::{Calendar, Period};
-use crate::queued::Tally;
+use crate::queued::Shares;
 use crate::sled_store::SledStore;
 use crate::statement::{self, Payout, Settlement, Statement, UsageReport};
 use crate::store::LedgerStore;
@@ -103,20 +103,20 @@ impl std::fmt::Debug for Ledger {
 /// enqueue, so never leaves a record counted that will not be written.
 struct Counted<'a> {
     ledger: &'a Ledger,
-    tally: Option<Tally>,
+    shares: Option<Shares>,
 }
 
 impl Counted<'_> {
     /// The record is in the writer's queue; the writer owns its count now.
     fn handed_over(mut self) {
-        self.tally = None;
+        self.shares = None;
     }
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        if let Some(tally) = self.tally.take() {
-            self.ledger.shared().queued.remove(&tally);
+        if let Some(shares) = self.shares.take() {
+            self.ledger.shared().queued.remove(&shares);
         }
     }
 }
@@ -238,17 +238,17 @@ impl Ledger {
     /// Counts a record in the usage readers see from before it is queued;
     /// the writer drops it from that count once its group is published.
     fn count_queued(&self, cmd: &Command) -> Counted<'_> {
-        let tally = match cmd {
+        let shares = match cmd {
             Command::Record(record) => {
-                let tally = Tally::of(&self.shared().cfg.calendar, record);
-                self.shared().queued.add(&tally);
-                Some(tally)
+                let shares = Shares::of(&self.shared().cfg.calendar, record);
+                self.shared().queued.add(&shares);
+                Some(shares)
             }
             _ => None,
         };
         Counted {
             ledger: self,
-            tally,
+            shares,
         }
     }
 

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 use rust_decimal::Decimal;
 
 use crate::model::{UsageRecord, UsageSoFar};
@@ -25,93 +25,119 @@ use crate::period::{Calendar, Period};
 
 /// Queued usage by client and period.
 pub(crate) struct QueuedUsage {
-    pending: Mutex<HashMap<String, BTreeMap<Period, Pending>>>,
+    pending: Mutex<Shares>,
 }
 
-/// What one client's queued records add up to in one period.
+/// Records' usage summed by client and period: what is queued, or what one
+/// batch takes out of it.
 #[derive(Debug, Default)]
+pub(crate) struct Shares(HashMap<String, BTreeMap<Period, Pending>>);
+
+/// What some records of one client add up to in one period.
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Pending {
     records: i64,
     spend: Decimal,
     units: BTreeMap<String, Decimal>,
 }
 
-/// One record's share of the tally. Made from the record wherever it is
-/// needed (when it is queued, when its group is published), and the same
-/// record always makes the same tally.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Tally {
-    client: String,
-    period: Period,
-    spend: Decimal,
-    units: Vec<(String, Decimal)>,
+impl Pending {
+    fn add(&mut self, other: &Pending) {
+        self.records += other.records;
+        self.spend += other.spend;
+        for (unit, quantity) in &other.units {
+            *self.units.entry(unit.clone()).or_default() += quantity;
+        }
+    }
+
+    fn subtract(&mut self, other: &Pending) {
+        self.records -= other.records;
+        self.spend -= other.spend;
+        for (unit, quantity) in &other.units {
+            if let Some(total) = self.units.get_mut(unit) {
+                *total -= quantity;
+            }
+        }
+    }
 }
 
-impl Tally {
-    /// `record`'s tally. It is counted in the period it finished in: a
-    /// record for a period already closed is booked into a later one when
-    /// applied, and until then it is not counted in that later period.
-    pub(crate) fn of(calendar: &Calendar, record: &UsageRecord) -> Tally {
-        Tally {
-            client: record.client_id.clone(),
-            period: calendar.period_of(record.finished_at),
-            spend: record.total_charged,
-            units: record
-                .units
-                .iter()
-                .map(|(unit, quantity)| (unit.clone(), *quantity))
-                .collect(),
+impl Shares {
+    /// Adds `record`, counted in the period it finished in: a record for a
+    /// period already closed is booked into a later one when applied, and
+    /// until then it is not counted in that later period.
+    pub(crate) fn add(&mut self, calendar: &Calendar, record: &UsageRecord) {
+        let period = calendar.period_of(record.finished_at);
+        let entry = match self.0.get_mut(&record.client_id) {
+            Some(periods) => periods.entry(period).or_default(),
+            None => self
+                .0
+                .entry(record.client_id.clone())
+                .or_default()
+                .entry(period)
+                .or_default(),
+        };
+        entry.records += 1;
+        entry.spend += record.total_charged;
+        for (unit, quantity) in &record.units {
+            *entry.units.entry(unit.clone()).or_default() += quantity;
         }
+    }
+
+    /// The shares of one record.
+    pub(crate) fn of(calendar: &Calendar, record: &UsageRecord) -> Shares {
+        let mut shares = Shares::default();
+        shares.add(calendar, record);
+        shares
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
 impl QueuedUsage {
     pub(crate) fn new() -> Self {
         QueuedUsage {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Shares::default()),
         }
     }
 
-    /// Counts a record until [`QueuedUsage::remove`] is called with its tally.
-    pub(crate) fn add(&self, tally: &Tally) {
+    /// Counts records until [`QueuedUsage::remove`] is called with the same
+    /// shares.
+    pub(crate) fn add(&self, shares: &Shares) {
         let mut pending = self.lock();
-        let entry = match pending.get_mut(&tally.client) {
-            Some(periods) => periods.entry(tally.period).or_default(),
-            None => pending
-                .entry(tally.client.clone())
-                .or_default()
-                .entry(tally.period)
-                .or_default(),
-        };
-        entry.records += 1;
-        entry.spend += tally.spend;
-        for (unit, quantity) in &tally.units {
-            *entry.units.entry(unit.clone()).or_default() += quantity;
-        }
-    }
-
-    /// Stops counting a record given to [`QueuedUsage::add`]: its group is
-    /// published, or it was refused or never queued.
-    pub(crate) fn remove(&self, tally: &Tally) {
-        let mut pending = self.lock();
-        let Some(periods) = pending.get_mut(&tally.client) else {
-            return;
-        };
-        let Some(entry) = periods.get_mut(&tally.period) else {
-            return;
-        };
-        entry.records -= 1;
-        if entry.records <= 0 {
-            periods.remove(&tally.period);
-            if periods.is_empty() {
-                pending.remove(&tally.client);
+        for (client, periods) in &shares.0 {
+            let mine = match pending.0.get_mut(client) {
+                Some(mine) => mine,
+                None => pending.0.entry(client.clone()).or_default(),
+            };
+            for (period, share) in periods {
+                mine.entry(*period).or_default().add(share);
             }
+        }
+    }
+
+    /// Stops counting records given to [`QueuedUsage::add`]: their group is
+    /// published, or they were refused or never queued.
+    pub(crate) fn remove(&self, shares: &Shares) {
+        if shares.is_empty() {
             return;
         }
-        entry.spend -= tally.spend;
-        for (unit, quantity) in &tally.units {
-            if let Some(total) = entry.units.get_mut(unit) {
-                *total -= quantity;
+        let mut pending = self.lock();
+        for (client, periods) in &shares.0 {
+            let Some(mine) = pending.0.get_mut(client) else {
+                continue;
+            };
+            for (period, share) in periods {
+                if let Some(entry) = mine.get_mut(period) {
+                    entry.subtract(share);
+                    if entry.records <= 0 {
+                        mine.remove(period);
+                    }
+                }
+            }
+            if mine.is_empty() {
+                pending.0.remove(client);
             }
         }
     }
@@ -119,7 +145,11 @@ impl QueuedUsage {
     /// The client's queued usage in `period`.
     pub(crate) fn of(&self, client: &str, period: Period) -> UsageSoFar {
         let pending = self.lock();
-        let Some(entry) = pending.get(client).and_then(|periods| periods.get(&period)) else {
+        let Some(entry) = pending
+            .0
+            .get(client)
+            .and_then(|periods| periods.get(&period))
+        else {
             return UsageSoFar::default();
         };
         UsageSoFar {
@@ -133,6 +163,7 @@ impl QueuedUsage {
     #[cfg(test)]
     pub(crate) fn len(&self) -> i64 {
         self.lock()
+            .0
             .values()
             .flat_map(BTreeMap::values)
             .map(|p| p.records)
@@ -141,7 +172,7 @@ impl QueuedUsage {
 
     // Plain sums: one left half-updated by a panic elsewhere is still the
     // best figure there is, so a poisoned lock is not an error here.
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, BTreeMap<Period, Pending>>> {
+    fn lock(&self) -> MutexGuard<'_, Shares> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
