@@ -540,15 +540,15 @@ impl Validator<'_> {
                 let flush_every =
                     Duration::from_millis(raw.ledger.batch_interval_ms.unwrap_or(10).max(1));
                 let record_linger = match raw.ledger.record_linger_us {
-                    None => DEFAULT_RECORD_LINGER.min(flush_every),
-                    Some(us) if Duration::from_micros(us) <= flush_every => {
+                    None => DEFAULT_RECORD_LINGER,
+                    Some(us) if us <= 1_000_000 && Duration::from_micros(us) <= flush_every => {
                         Duration::from_micros(us)
                     }
                     Some(_) => {
                         return Err(self.err(
                             "ledger.record_linger_us",
-                            "must be at most batch_interval_ms (records would wait longer \
-                             than the flush window)",
+                            "must be at most batch_interval_ms and at most 1000000 (records \
+                             would wait longer than the flush window)",
                         ));
                     }
                 };

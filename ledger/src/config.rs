@@ -85,16 +85,17 @@ pub struct LedgerConfig {
     pub queue_capacity: usize,
     /// Most commands applied in one group commit.
     pub max_batch: usize,
-    /// `Batched` mode only: once a record arrives at an idle writer, the
-    /// writer waits this long for more before it forms a group. Fewer,
-    /// larger groups mean fewer store writes and thread wake-ups per record;
-    /// the price is that a record is applied (and visible to reads) up to
-    /// this much later, well inside the `flush_every` window a crash may
-    /// lose anyway. Other commands (top-ups, plans, reversals) never wait.
-    /// It pays where writers do not wait for their records (the gateway
-    /// queues a record and answers its client); a writer that waits for
-    /// each record waits the linger too, so the default is zero: a group
-    /// is formed from whatever is queued, at once.
+    /// `Batched` mode only: when the writer takes a record with nothing
+    /// queued behind it, it sleeps this long before it forms a group. Fewer, larger groups mean fewer store writes and thread
+    /// wake-ups per record; the price is that a record reaches the store,
+    /// statements and listings up to this much later, well inside the
+    /// `flush_every` window a crash may lose anyway (`usage_so_far` counts it
+    /// from the moment it is queued). Top-ups, plans, reversals and
+    /// checkpoints never start a linger; one queued behind a record waits at
+    /// most the rest of it. It pays where writers do not wait for their
+    /// records (the gateway queues a record and answers its client); a
+    /// writer that waits for each record waits the linger too, so the
+    /// default is zero. Must be shorter than `enqueue_timeout`.
     pub record_linger: Duration,
     /// Dirty running aggregates are written to the store at most this long after
     /// they change (in the group commit that happens to be running). Zero writes

@@ -33,7 +33,7 @@ use crate::model::{
     StoredRecord, TopUpOutcome, Totals, UsageRecord, contributions,
 };
 use crate::period::Period;
-use crate::queued::{QueuedUsage, Shares};
+use crate::queued::{QueuedBatch, QueuedShare, QueuedUsage};
 use crate::store::{AggregateWrite, CommitGroup, LedgerStore};
 
 const MAX_ID_LEN: usize = 1024;
@@ -78,6 +78,8 @@ pub(crate) enum Reply {
 pub(crate) struct Job {
     pub cmd: Command,
     pub reply: flume::Sender<Result<Reply, LedgerError>>,
+    /// A record's count in [`Shared::queued`], held by whoever holds the job.
+    pub queued: Option<QueuedShare>,
 }
 
 /// A granted spend reservation.
@@ -192,7 +194,7 @@ pub(crate) struct Shared {
     /// map walked whole.
     pub overlay: RwLock<BTreeMap<Vec<u8>, (AggKey, Totals)>>,
     /// Records queued and not yet published, for `usage_so_far`.
-    pub queued: QueuedUsage,
+    pub queued: Arc<QueuedUsage>,
     /// Batched mode: applied but not yet flushed.
     dirty: AtomicBool,
     /// Set when a commit or flush failed: memory may be ahead of the store, so
@@ -216,9 +218,6 @@ struct Prepared {
     /// time bounds batched ingest.
     overlay: Vec<(Vec<u8>, (AggKey, Totals))>,
     results: Vec<Result<Reply, LedgerError>>,
-    /// The batch's records' shares of [`Shared::queued`], taken out of it
-    /// once the batch is published (or has failed), under one lock.
-    queued: Shares,
 }
 
 /// Changes accumulated while a batch is applied.
@@ -311,7 +310,7 @@ impl Shared {
         Ok(Shared {
             store,
             overlay: RwLock::new(BTreeMap::new()),
-            queued: QueuedUsage::new(),
+            queued: Arc::new(QueuedUsage::new()),
             dirty: AtomicBool::new(false),
             poisoned: Mutex::new(None),
             committed: Mutex::new(0),
@@ -466,12 +465,6 @@ impl Shared {
     /// Applies a batch of commands to memory and builds its commit group.
     /// `force_checkpoint` also writes every dirty aggregate in that group.
     fn prepare(&self, cmds: Vec<Command>, force_checkpoint: bool) -> Prepared {
-        let mut queued = Shares::default();
-        for cmd in &cmds {
-            if let Command::Record(r) = cmd {
-                queued.add(&self.cfg.calendar, r);
-            }
-        }
         let mut st = match self.lock() {
             Ok(st) => st,
             Err(e) => {
@@ -481,7 +474,6 @@ impl Shared {
                     checkpoint: false,
                     overlay: Vec::new(),
                     results: cmds.iter().map(|_| Err(clone_err(&e))).collect(),
-                    queued,
                 };
             }
         };
@@ -506,7 +498,6 @@ impl Shared {
                 checkpoint: false,
                 overlay: Vec::new(),
                 results,
-                queued,
             };
         }
         if checkpoint {
@@ -539,30 +530,19 @@ impl Shared {
             checkpoint,
             overlay,
             results,
-            queued,
         }
     }
 
     /// Commits a prepared batch and makes it visible to readers; returns each
     /// command's result. After a failed commit (this one or an earlier one)
     /// nothing is written and every command fails: memory is ahead of the store.
-    fn complete(&self, mut p: Prepared) -> Vec<Result<Reply, LedgerError>> {
-        let queued = std::mem::take(&mut p.queued);
-        let results = self.commit_and_publish(p);
-        // Only now: until its group is published a record must be counted
-        // here, or a reader would miss it (see `queued`).
-        self.queued.remove(&queued);
-        results
-    }
-
-    fn commit_and_publish(&self, p: Prepared) -> Vec<Result<Reply, LedgerError>> {
+    fn complete(&self, p: Prepared) -> Vec<Result<Reply, LedgerError>> {
         let Prepared {
             mut group,
             empty,
             checkpoint,
             overlay,
             mut results,
-            queued: _,
         } = p;
         if empty {
             return results;
@@ -1398,6 +1378,9 @@ struct Handoff {
     no: u64,
     prepared: Prepared,
     replies: Vec<flume::Sender<Result<Reply, LedgerError>>>,
+    /// The group's records' counts in [`Shared::queued`]: dropped once the
+    /// group is published, or with the handoff if it never is.
+    queued: QueuedBatch,
 }
 
 /// The writer thread's loop. Ends when every sender is gone, after a final
@@ -1425,21 +1408,26 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
         };
         let mut no = 0u64;
         while let Ok(first) = rx.recv() {
-            // Sleeping rather than waiting on the queue is the point: a
-            // writer blocked in `recv` is woken by every send, which at a few
-            // thousand records a second costs more than the records.
-            if !linger.is_zero() && matches!(first.cmd, Command::Record(_)) {
+            // A record with nothing queued behind it: wait for company. With
+            // work queued there is a group to form already. Sleeping rather
+            // than waiting on the queue is the point: a writer blocked in
+            // `recv` is woken by every send, which at a few thousand records
+            // a second costs more than the records.
+            if !linger.is_zero() && rx.is_empty() && matches!(first.cmd, Command::Record(_)) {
                 std::thread::sleep(linger);
             }
-            let mut cmds = vec![first.cmd];
-            let mut replies = vec![first.reply];
-            while cmds.len() < sh.cfg.max_batch {
-                match rx.try_recv() {
-                    Ok(j) => {
-                        cmds.push(j.cmd);
-                        replies.push(j.reply);
-                    }
-                    Err(_) => break,
+            let mut queued = QueuedBatch::new(&sh.queued);
+            let mut cmds = Vec::new();
+            let mut replies = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                cmds.push(job.cmd);
+                replies.push(job.reply);
+                if let Some(share) = job.queued {
+                    queued.absorb(share);
+                }
+                if cmds.len() < sh.cfg.max_batch {
+                    next = rx.try_recv().ok();
                 }
             }
             let prepared = sh.prepare(cmds, false);
@@ -1453,12 +1441,12 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
                 no,
                 prepared,
                 replies,
+                queued,
             };
             if let Err(flume::SendError(h)) = to_committer.send(h) {
                 // No committer: nothing can be written.
                 let e = LedgerError::Poisoned("ledger committer thread is gone".into());
                 sh.poison(e.to_string());
-                sh.queued.remove(&h.prepared.queued);
                 for reply in h.replies {
                     let _ = reply.send(Err(clone_err(&e)));
                 }
@@ -1491,9 +1479,13 @@ fn run_committer(sh: &Shared, rx: flume::Receiver<Handoff>) {
         no,
         prepared,
         replies,
+        queued,
     } in rx.iter()
     {
         let mut results = sh.complete(prepared);
+        // Only now: until its group is published a record must be counted
+        // there, or a reader would miss it (see `queued.rs`).
+        drop(queued);
         // The group is in the store: the writer may hand over the next one.
         sh.mark_committed(no);
         let wrote = results.iter().any(|r| r.is_ok());
@@ -1590,52 +1582,75 @@ mod tests {
         }
     }
 
-    /// What `record_linger` groups in `batched` mode: two records 50 ms
-    /// apart share a group when the writer lingers 300 ms, and do not when it
-    /// does not linger; a top-up, which someone waits for, never lingers.
+    fn batched(linger: Duration) -> crate::Ledger {
+        crate::Ledger::open(LedgerConfig {
+            durability: Durability::Batched {
+                flush_every: Duration::from_millis(500),
+            },
+            record_linger: linger,
+            ..LedgerConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn now_record(key: &str) -> UsageRecord {
+        let now = Utc::now();
+        UsageRecord {
+            idempotency_key: key.into(),
+            started_at: now,
+            finished_at: now,
+            ..rec(100, 10, 110, false)
+        }
+    }
+
+    fn current_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// What `record_linger` groups in `batched` mode: records queued while
+    /// an idle writer lingers share its group, and without a linger records
+    /// written one after the other do not; a top-up, which its caller waits
+    /// for, does not start a linger.
     #[test]
     fn batched_writer_lingers_for_records_only() {
-        fn open(linger_ms: u64) -> crate::Ledger {
-            crate::Ledger::open(LedgerConfig {
-                durability: Durability::Batched {
-                    flush_every: Duration::from_millis(500),
-                },
-                record_linger: Duration::from_millis(linger_ms),
-                ..LedgerConfig::default()
-            })
-            .unwrap()
-        }
-        fn keyed(key: &str) -> UsageRecord {
-            UsageRecord {
-                idempotency_key: key.into(),
-                ..rec(100, 10, 110, false)
-            }
-        }
-        /// Groups formed while `first` runs, then `second` 50 ms later.
-        fn groups(
-            ledger: &crate::Ledger,
-            first: impl FnOnce(&crate::Ledger) + Send,
-            second: impl FnOnce(&crate::Ledger) + Send,
-        ) -> u64 {
-            let before = ledger.shared().groups_formed();
-            std::thread::scope(|s| {
-                s.spawn(|| first(ledger));
-                std::thread::sleep(Duration::from_millis(50));
-                s.spawn(|| second(ledger));
-            });
-            ledger.shared().groups_formed() - before
-        }
-        let record =
-            |key: &'static str| move |l: &crate::Ledger| drop(l.record(keyed(key)).unwrap());
-        let top_up = |l: &crate::Ledger| {
-            l.top_up("c", Decimal::ONE, "t1", None).unwrap();
-        };
+        let lingering = batched(Duration::from_millis(300));
+        current_thread_runtime().block_on(async {
+            let a = lingering.queue_record_async(now_record("a")).await.unwrap();
+            let b = lingering.queue_record_async(now_record("b")).await.unwrap();
+            a.outcome().await.unwrap();
+            b.outcome().await.unwrap();
+        });
+        assert_eq!(lingering.shared().groups_formed(), 1);
 
-        let lingering = open(300);
-        assert_eq!(groups(&lingering, record("a"), record("b")), 1);
-        assert_eq!(groups(&lingering, top_up, record("c")), 2);
-        let eager = open(0);
-        assert_eq!(groups(&eager, record("a"), record("b")), 2);
+        let eager = batched(Duration::ZERO);
+        eager.record(now_record("a")).unwrap();
+        eager.record(now_record("b")).unwrap();
+        assert_eq!(eager.shared().groups_formed(), 2);
+
+        // A linger far longer than the wait this allows: a top-up that
+        // started one would not be back in time.
+        let long = batched(Duration::from_secs(4));
+        let started = Instant::now();
+        long.top_up("c", Decimal::ONE, "t1", None).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the top-up lingered"
+        );
+        assert_eq!(long.shared().groups_formed(), 1);
+
+        // A linger the enqueue timeout cannot outlast is refused.
+        let refused = crate::Ledger::open(LedgerConfig {
+            durability: Durability::Batched {
+                flush_every: Duration::from_millis(500),
+            },
+            record_linger: Duration::from_secs(5),
+            enqueue_timeout: Duration::from_secs(5),
+            ..LedgerConfig::default()
+        });
+        assert!(matches!(refused, Err(LedgerError::InvalidArgument(_))));
     }
 
     /// `usage_so_far` counts a record from the moment it is queued, while
@@ -1713,43 +1728,41 @@ mod tests {
     }
 
     /// A record whose enqueue is given up (its future dropped while the
-    /// queue is full) or refused as overloaded is not left counted.
+    /// queue is full, as a timed-out enqueue's is) is not left counted; the
+    /// records that were queued are counted until written, then once.
     #[test]
     fn a_record_that_never_reaches_the_queue_is_not_counted() {
         let ledger = crate::Ledger::open(LedgerConfig {
             durability: Durability::Batched {
                 flush_every: Duration::from_millis(500),
             },
-            record_linger: Duration::from_millis(300),
+            record_linger: Duration::from_millis(1500),
             queue_capacity: 1,
-            enqueue_timeout: Duration::from_millis(20),
+            enqueue_timeout: Duration::from_secs(3),
             ..LedgerConfig::default()
         })
         .unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let now = Utc::now();
-        let record = |key: &str| UsageRecord {
-            idempotency_key: key.into(),
-            started_at: now,
-            finished_at: now,
-            ..rec(100, 10, 110, false)
-        };
-        runtime.block_on(async {
+        current_thread_runtime().block_on(async {
             // The writer takes the first and lingers; the second fills the queue.
-            let first = ledger.queue_record_async(record("a")).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let second = ledger.queue_record_async(record("b")).await.unwrap();
+            let first = ledger.queue_record_async(now_record("a")).await.unwrap();
+            let taken = Instant::now();
+            while ledger.queued_jobs() > 0 {
+                assert!(
+                    taken.elapsed() < Duration::from_secs(1),
+                    "the writer never took it"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Past its look at the queue (a record queued before it would
+            // have joined the first group instead).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let second = ledger.queue_record_async(now_record("b")).await.unwrap();
             let dropped = tokio::time::timeout(
                 Duration::from_millis(5),
-                ledger.queue_record_async(record("c")),
+                ledger.queue_record_async(now_record("c")),
             )
             .await;
             assert!(dropped.is_err(), "the queue should have been full");
-            let overloaded = ledger.queue_record_async(record("d")).await;
-            assert!(matches!(overloaded, Err(LedgerError::Overloaded { .. })));
             assert_eq!(ledger.shared().queued.len(), 2);
             first.outcome().await.unwrap();
             second.outcome().await.unwrap();

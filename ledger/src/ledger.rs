@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::money::Currency;
 use crate::period::{Calendar, Period};
-use crate::queued::Shares;
+use crate::queued::QueuedShare;
 use crate::sled_store::SledStore;
 use crate::statement::{self, Payout, Settlement, Statement, UsageReport};
 use crate::store::LedgerStore;
@@ -97,30 +97,6 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-/// A record counted in [`Shared::queued`] by [`Ledger::count_queued`]: the
-/// count is undone when this is dropped, unless the record was handed to the
-/// writer (which undoes it itself). A dropped enqueue future, or a failed
-/// enqueue, so never leaves a record counted that will not be written.
-struct Counted<'a> {
-    ledger: &'a Ledger,
-    shares: Option<Shares>,
-}
-
-impl Counted<'_> {
-    /// The record is in the writer's queue; the writer owns its count now.
-    fn handed_over(mut self) {
-        self.shares = None;
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        if let Some(shares) = self.shares.take() {
-            self.ledger.shared().queued.remove(&shares);
-        }
-    }
-}
-
 impl Ledger {
     /// Opens the sled ledger at `config.path` (temporary when `None`).
     pub fn open(config: LedgerConfig) -> Result<Ledger, LedgerError> {
@@ -150,6 +126,13 @@ impl Ledger {
             return Err(LedgerError::InvalidArgument(
                 "queue_capacity and max_batch must be positive".into(),
             ));
+        }
+        if config.record_linger >= config.enqueue_timeout {
+            // A full queue behind a sleeping writer would refuse every writer.
+            return Err(LedgerError::InvalidArgument(format!(
+                "record_linger ({:?}) must be shorter than enqueue_timeout ({:?})",
+                config.record_linger, config.enqueue_timeout
+            )));
         }
         let shared = Arc::new(Shared::open(store, config)?);
         let (tx, rx) = flume::bounded(shared.cfg.queue_capacity);
@@ -189,6 +172,12 @@ impl Ledger {
         Arc::clone(&self.inner.control)
     }
 
+    /// Jobs waiting in the writer's queue.
+    #[cfg(test)]
+    pub(crate) fn queued_jobs(&self) -> usize {
+        self.inner.tx.as_ref().map_or(0, flume::Sender::len)
+    }
+
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
     }
@@ -223,32 +212,35 @@ impl Ledger {
         let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
         let (rtx, rrx) = flume::bounded(1);
         let timeout = self.shared().cfg.enqueue_timeout;
-        let counted = self.count_queued(&cmd);
-        tx.send_timeout(Job { cmd, reply: rtx }, timeout)
-            .map_err(|e| match e {
-                flume::SendTimeoutError::Timeout(_) => LedgerError::Overloaded {
-                    waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                },
-                flume::SendTimeoutError::Disconnected(_) => LedgerError::Closed,
-            })?;
-        counted.handed_over();
+        let queued = self.count_queued(&cmd);
+        tx.send_timeout(
+            Job {
+                cmd,
+                reply: rtx,
+                queued,
+            },
+            timeout,
+        )
+        .map_err(|e| match e {
+            flume::SendTimeoutError::Timeout(_) => LedgerError::Overloaded {
+                waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            },
+            flume::SendTimeoutError::Disconnected(_) => LedgerError::Closed,
+        })?;
         rrx.recv().map_err(|_| LedgerError::Closed)?
     }
 
-    /// Counts a record in the usage readers see from before it is queued;
-    /// the writer drops it from that count once its group is published.
-    fn count_queued(&self, cmd: &Command) -> Counted<'_> {
-        let shares = match cmd {
-            Command::Record(record) => {
-                let shares = Shares::of(&self.shared().cfg.calendar, record);
-                self.shared().queued.add(&shares);
-                Some(shares)
-            }
+    /// Counts a record in the usage readers see from before it is queued.
+    /// The count travels in the job: the writer drops it once the record's
+    /// group is published, and a job dropped on the way drops it too.
+    fn count_queued(&self, cmd: &Command) -> Option<QueuedShare> {
+        match cmd {
+            Command::Record(record) => Some(QueuedShare::count(
+                &self.shared().queued,
+                &self.shared().cfg.calendar,
+                record,
+            )),
             _ => None,
-        };
-        Counted {
-            ledger: self,
-            shares,
         }
     }
 
@@ -268,16 +260,18 @@ impl Ledger {
         let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
         let (rtx, rrx) = flume::bounded(1);
         let timeout = self.shared().cfg.enqueue_timeout;
-        let counted = self.count_queued(&cmd);
-        match tokio::time::timeout(timeout, tx.send_async(Job { cmd, reply: rtx })).await {
+        let queued = self.count_queued(&cmd);
+        let job = Job {
+            cmd,
+            reply: rtx,
+            queued,
+        };
+        match tokio::time::timeout(timeout, tx.send_async(job)).await {
             Err(_) => Err(LedgerError::Overloaded {
                 waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             }),
             Ok(Err(_)) => Err(LedgerError::Closed),
-            Ok(Ok(())) => {
-                counted.handed_over();
-                Ok(rrx)
-            }
+            Ok(Ok(())) => Ok(rrx),
         }
     }
 

@@ -15,7 +15,7 @@
 //! safe side for a limit).
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use foldhash::HashMap;
 use rust_decimal::Decimal;
@@ -28,104 +28,71 @@ pub(crate) struct QueuedUsage {
     pending: Mutex<Shares>,
 }
 
-/// Records' usage summed by client and period: what is queued, or what one
-/// batch takes out of it.
+/// Records' usage summed by client and period.
 #[derive(Debug, Default)]
-pub(crate) struct Shares(HashMap<String, BTreeMap<Period, Pending>>);
+struct Shares(HashMap<String, BTreeMap<Period, Pending>>);
 
 /// What some records of one client add up to in one period.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default)]
 struct Pending {
     records: i64,
     spend: Decimal,
     units: BTreeMap<String, Decimal>,
 }
 
+/// One record's usage, in the period it finished in.
+#[derive(Debug)]
+struct Tally {
+    client: String,
+    period: Period,
+    spend: Decimal,
+    units: Vec<(String, Decimal)>,
+}
+
 impl Pending {
-    fn add(&mut self, other: &Pending) {
-        self.records += other.records;
-        self.spend += other.spend;
-        for (unit, quantity) in &other.units {
+    fn add(&mut self, tally: &Tally) {
+        self.records += 1;
+        self.spend += tally.spend;
+        for (unit, quantity) in &tally.units {
             *self.units.entry(unit.clone()).or_default() += quantity;
         }
     }
 
+    /// Takes `other` out; a unit that reaches zero goes, so a read never
+    /// shows a unit the records do not have.
     fn subtract(&mut self, other: &Pending) {
         self.records -= other.records;
         self.spend -= other.spend;
         for (unit, quantity) in &other.units {
             if let Some(total) = self.units.get_mut(unit) {
                 *total -= quantity;
+                if total.is_zero() {
+                    self.units.remove(unit);
+                }
             }
         }
     }
 }
 
 impl Shares {
-    /// Adds `record`, counted in the period it finished in: a record for a
-    /// period already closed is booked into a later one when applied, and
-    /// until then it is not counted in that later period.
-    pub(crate) fn add(&mut self, calendar: &Calendar, record: &UsageRecord) {
-        let period = calendar.period_of(record.finished_at);
-        let entry = match self.0.get_mut(&record.client_id) {
-            Some(periods) => periods.entry(period).or_default(),
+    fn add(&mut self, tally: &Tally) {
+        // The client's name is copied only the first time it is seen.
+        let entry = match self.0.get_mut(&tally.client) {
+            Some(periods) => periods.entry(tally.period).or_default(),
             None => self
                 .0
-                .entry(record.client_id.clone())
+                .entry(tally.client.clone())
                 .or_default()
-                .entry(period)
+                .entry(tally.period)
                 .or_default(),
         };
-        entry.records += 1;
-        entry.spend += record.total_charged;
-        for (unit, quantity) in &record.units {
-            *entry.units.entry(unit.clone()).or_default() += quantity;
-        }
+        entry.add(tally);
     }
 
-    /// The shares of one record.
-    pub(crate) fn of(calendar: &Calendar, record: &UsageRecord) -> Shares {
-        let mut shares = Shares::default();
-        shares.add(calendar, record);
-        shares
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl QueuedUsage {
-    pub(crate) fn new() -> Self {
-        QueuedUsage {
-            pending: Mutex::new(Shares::default()),
-        }
-    }
-
-    /// Counts records until [`QueuedUsage::remove`] is called with the same
-    /// shares.
-    pub(crate) fn add(&self, shares: &Shares) {
-        let mut pending = self.lock();
-        for (client, periods) in &shares.0 {
-            let mine = match pending.0.get_mut(client) {
-                Some(mine) => mine,
-                None => pending.0.entry(client.clone()).or_default(),
-            };
-            for (period, share) in periods {
-                mine.entry(*period).or_default().add(share);
-            }
-        }
-    }
-
-    /// Stops counting records given to [`QueuedUsage::add`]: their group is
-    /// published, or they were refused or never queued.
-    pub(crate) fn remove(&self, shares: &Shares) {
-        if shares.is_empty() {
-            return;
-        }
-        let mut pending = self.lock();
-        for (client, periods) in &shares.0 {
-            let Some(mine) = pending.0.get_mut(client) else {
+    /// Takes `other` out; an entry left with no records goes.
+    fn subtract(&mut self, other: &Shares) {
+        for (client, periods) in &other.0 {
+            let Some(mine) = self.0.get_mut(client) else {
                 continue;
             };
             for (period, share) in periods {
@@ -137,8 +104,102 @@ impl QueuedUsage {
                 }
             }
             if mine.is_empty() {
-                pending.0.remove(client);
+                self.0.remove(client);
             }
+        }
+    }
+}
+
+impl Tally {
+    /// `record`'s usage, counted in the period it finished in: a record for
+    /// a period already closed is booked into a later one when applied, and
+    /// until then it is not counted in that later period.
+    fn of(calendar: &Calendar, record: &UsageRecord) -> Tally {
+        Tally {
+            client: record.client_id.clone(),
+            period: calendar.period_of(record.finished_at),
+            spend: record.total_charged,
+            units: record
+                .units
+                .iter()
+                .map(|(unit, quantity)| (unit.clone(), *quantity))
+                .collect(),
+        }
+    }
+}
+
+/// One record counted in the queued usage. It travels inside the record's
+/// job, so whoever holds the job holds the count: dropped anywhere (a failed
+/// or abandoned enqueue, a queue dropped at shutdown) it takes the record
+/// out again, and the writer moves it into the [`QueuedBatch`] of the
+/// record's group.
+pub(crate) struct QueuedShare {
+    usage: Arc<QueuedUsage>,
+    tally: Option<Tally>,
+}
+
+impl QueuedShare {
+    /// Counts `record` from now on.
+    pub(crate) fn count(
+        usage: &Arc<QueuedUsage>,
+        calendar: &Calendar,
+        record: &UsageRecord,
+    ) -> QueuedShare {
+        let tally = Tally::of(calendar, record);
+        usage.lock().add(&tally);
+        QueuedShare {
+            usage: Arc::clone(usage),
+            tally: Some(tally),
+        }
+    }
+}
+
+impl Drop for QueuedShare {
+    fn drop(&mut self) {
+        if let Some(tally) = self.tally.take() {
+            let mut one = Shares::default();
+            one.add(&tally);
+            self.usage.lock().subtract(&one);
+        }
+    }
+}
+
+/// The counts of one group's records, taken out together, under one lock,
+/// when this is dropped: by the committer once the group is published, or
+/// by whatever unwinds if the group never gets there.
+pub(crate) struct QueuedBatch {
+    usage: Arc<QueuedUsage>,
+    shares: Shares,
+}
+
+impl QueuedBatch {
+    pub(crate) fn new(usage: &Arc<QueuedUsage>) -> QueuedBatch {
+        QueuedBatch {
+            usage: Arc::clone(usage),
+            shares: Shares::default(),
+        }
+    }
+
+    /// Takes over a record's count.
+    pub(crate) fn absorb(&mut self, mut share: QueuedShare) {
+        if let Some(tally) = share.tally.take() {
+            self.shares.add(&tally);
+        }
+    }
+}
+
+impl Drop for QueuedBatch {
+    fn drop(&mut self) {
+        if !self.shares.0.is_empty() {
+            self.usage.lock().subtract(&self.shares);
+        }
+    }
+}
+
+impl QueuedUsage {
+    pub(crate) fn new() -> Self {
+        QueuedUsage {
+            pending: Mutex::new(Shares::default()),
         }
     }
 
