@@ -212,12 +212,11 @@ impl Ledger {
         let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
         let (rtx, rrx) = flume::bounded(1);
         let timeout = self.shared().cfg.enqueue_timeout;
-        let queued = self.count_queued(&cmd);
         tx.send_timeout(
             Job {
                 cmd,
                 reply: rtx,
-                queued,
+                queued: None,
             },
             timeout,
         )
@@ -230,37 +229,26 @@ impl Ledger {
         rrx.recv().map_err(|_| LedgerError::Closed)?
     }
 
-    /// Counts a record in the usage readers see from before it is queued.
-    /// The count travels in the job: the writer drops it once the record's
-    /// group is published, and a job dropped on the way drops it too.
-    fn count_queued(&self, cmd: &Command) -> Option<QueuedShare> {
-        match cmd {
-            Command::Record(record) => Some(QueuedShare::count(
-                &self.shared().queued,
-                &self.shared().cfg.calendar,
-                record,
-            )),
-            _ => None,
-        }
-    }
-
     /// Async flavour of the queue round trip. Must run inside a tokio runtime
     /// (the enqueue timeout uses tokio's timer); the group-commit wait is awaited.
     async fn submit_async(&self, cmd: Command) -> Result<Reply, LedgerError> {
-        let reply = self.enqueue_async(cmd).await?;
+        let reply = self.enqueue_async(cmd, None).await?;
         reply.recv_async().await.map_err(|_| LedgerError::Closed)?
     }
 
     /// Queues `cmd`, waiting for room in a full queue (backpressure) up to the
-    /// enqueue timeout; returns the channel its reply will arrive on.
+    /// enqueue timeout; returns the channel its reply will arrive on. A
+    /// record's `queued` count travels in its job: the writer drops it once
+    /// the record's group is published, and a job dropped on the way (a
+    /// failed or abandoned enqueue) drops it too.
     async fn enqueue_async(
         &self,
         cmd: Command,
+        queued: Option<QueuedShare>,
     ) -> Result<flume::Receiver<Result<Reply, LedgerError>>, LedgerError> {
         let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
         let (rtx, rrx) = flume::bounded(1);
         let timeout = self.shared().cfg.enqueue_timeout;
-        let queued = self.count_queued(&cmd);
         let job = Job {
             cmd,
             reply: rtx,
@@ -284,7 +272,9 @@ impl Ledger {
 
     /// [`Ledger::record`] for async callers.
     pub async fn record_async(&self, record: UsageRecord) -> Result<RecordOutcome, LedgerError> {
-        self.queue_record_async(record).await?.outcome().await
+        // Answered once the record is published, so unlike
+        // `queue_record_async` it needs no count in `usage_so_far`.
+        expect_record(self.submit_async(Command::Record(Box::new(record))).await?)
     }
 
     /// The first half of [`Ledger::record_async`]: returns once the record is
@@ -294,12 +284,16 @@ impl Ledger {
     /// waits for. A queued record is applied even if its `QueuedRecord` is
     /// dropped, and a ledger that closes drains its queue first; a crash
     /// before the next flush loses it, as it would an applied one in
-    /// `batched` mode.
+    /// `batched` mode. [`Ledger::usage_so_far`] counts the record from
+    /// before it is queued, so the caller's next read sees it even before it
+    /// is applied.
     pub async fn queue_record_async(
         &self,
         record: UsageRecord,
     ) -> Result<QueuedRecord, LedgerError> {
-        self.enqueue_async(Command::Record(Box::new(record)))
+        let queued =
+            QueuedShare::count(&self.shared().queued, &self.shared().cfg.calendar, &record);
+        self.enqueue_async(Command::Record(Box::new(record)), Some(queued))
             .await
             .map(|reply| QueuedRecord { reply })
     }

@@ -4,10 +4,10 @@
 //! applied it and the committer has committed and published its group. In
 //! `batched` mode the gateway answers a request before that (once its record
 //! is queued), so a client's next request could read usage that lacks the
-//! previous one. [`QueuedUsage`] closes that window: a record is counted here
-//! from before it is queued until after its group is published (or it is
-//! refused), and [`crate::Ledger::usage_so_far`] adds this to the published
-//! aggregates.
+//! previous one. [`QueuedUsage`] closes that window: a record given to
+//! `queue_record_async` is counted here from before it is queued until after
+//! its group is published (or it is refused), and
+//! [`crate::Ledger::usage_so_far`] adds this to the published aggregates.
 //!
 //! A reader takes this tally first and the aggregates second. A record leaves
 //! the tally only after its group is published, so a reader never misses it;
