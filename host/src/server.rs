@@ -77,18 +77,20 @@ pub fn ledger_config(config: &Config) -> Result<LedgerConfig, ConfigError> {
             format!("{:?} is not an IANA timezone", s.timezone),
         )
     })?;
+    let (durability, record_linger) = match s.durability {
+        Durability::Sync => (tollgate_ledger::Durability::Sync, std::time::Duration::ZERO),
+        Durability::Batched {
+            flush_every,
+            record_linger,
+        } => (
+            tollgate_ledger::Durability::Batched { flush_every },
+            record_linger,
+        ),
+    };
     Ok(LedgerConfig {
         path: Some(s.data_dir.join("ledger")),
-        durability: match s.durability {
-            Durability::Sync => tollgate_ledger::Durability::Sync,
-            Durability::Batched { flush_every, .. } => {
-                tollgate_ledger::Durability::Batched { flush_every }
-            }
-        },
-        record_linger: match s.durability {
-            Durability::Sync => std::time::Duration::ZERO,
-            Durability::Batched { record_linger, .. } => record_linger,
-        },
+        durability,
+        record_linger,
         currency,
         calendar: Calendar {
             tz,

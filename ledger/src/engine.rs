@@ -1658,25 +1658,13 @@ mod tests {
     /// and a refused record drop out when their batch is done.
     #[test]
     fn usage_so_far_counts_queued_records_once_and_only_those_written() {
-        let ledger = crate::Ledger::open(LedgerConfig {
-            durability: Durability::Batched {
-                flush_every: Duration::from_millis(500),
-            },
-            record_linger: Duration::from_millis(300),
-            ..LedgerConfig::default()
-        })
-        .unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let now = Utc::now();
+        let ledger = batched(Duration::from_millis(300));
+        let runtime = current_thread_runtime();
         let ticket = |key: &str, cost: i64| UsageRecord {
-            idempotency_key: key.into(),
             units: BTreeMap::from([("ticket".to_owned(), Decimal::ONE)]),
-            started_at: now,
-            finished_at: now,
-            ..rec(cost, 10, cost + 10, false)
+            provider_cost: Decimal::new(cost, 2),
+            total_charged: Decimal::new(cost + 10, 2),
+            ..now_record(key)
         };
         let period = ledger.calendar().period_of(ticket("x", 1).finished_at);
         let usage = || ledger.usage_so_far("c", period).unwrap();

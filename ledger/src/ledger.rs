@@ -368,14 +368,13 @@ impl Ledger {
                 units.insert(unit, v.quantity);
             }
         }
-        for (unit, quantity) in queued.units {
-            *units.entry(unit).or_default() += quantity;
-        }
-        Ok(UsageSoFar {
-            spend: t.total + queued.spend,
-            requests: t.requests + queued.requests,
+        let mut usage = UsageSoFar {
+            spend: t.total,
+            requests: t.requests,
             units,
-        })
+        };
+        usage.add(&queued);
+        Ok(usage)
     }
 
     /// Sets a client's plan (cap, thresholds, billing, included usage). Durable.

@@ -540,6 +540,32 @@ pub struct UsageSoFar {
     pub units: BTreeMap<String, Decimal>,
 }
 
+impl UsageSoFar {
+    /// Adds `other`'s spend, requests and units.
+    pub(crate) fn add(&mut self, other: &UsageSoFar) {
+        self.spend += other.spend;
+        self.requests += other.requests;
+        for (unit, quantity) in &other.units {
+            *self.units.entry(unit.clone()).or_default() += quantity;
+        }
+    }
+
+    /// Takes `other` out; a unit that reaches zero goes, so a read never
+    /// shows a unit the records do not have.
+    pub(crate) fn subtract(&mut self, other: &UsageSoFar) {
+        self.spend -= other.spend;
+        self.requests -= other.requests;
+        for (unit, quantity) in &other.units {
+            if let Some(total) = self.units.get_mut(unit) {
+                *total -= quantity;
+                if total.is_zero() {
+                    self.units.remove(unit);
+                }
+            }
+        }
+    }
+}
+
 /// A page of records plus the cursor for the next page (`None` at the end).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {

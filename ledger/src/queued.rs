@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use foldhash::HashMap;
-use rust_decimal::Decimal;
 
 use crate::model::{UsageRecord, UsageSoFar};
 use crate::period::{Calendar, Period};
@@ -30,48 +29,14 @@ pub(crate) struct QueuedUsage {
 
 /// Records' usage summed by client and period.
 #[derive(Debug, Default)]
-struct Shares(HashMap<String, BTreeMap<Period, Pending>>);
-
-/// What some records of one client add up to in one period.
-#[derive(Debug, Default)]
-struct Pending {
-    records: i64,
-    spend: Decimal,
-    units: BTreeMap<String, Decimal>,
-}
+struct Shares(HashMap<String, BTreeMap<Period, UsageSoFar>>);
 
 /// One record's usage, in the period it finished in.
 #[derive(Debug)]
 struct Tally {
     client: String,
     period: Period,
-    spend: Decimal,
-    units: Vec<(String, Decimal)>,
-}
-
-impl Pending {
-    fn add(&mut self, tally: &Tally) {
-        self.records += 1;
-        self.spend += tally.spend;
-        for (unit, quantity) in &tally.units {
-            *self.units.entry(unit.clone()).or_default() += quantity;
-        }
-    }
-
-    /// Takes `other` out; a unit that reaches zero goes, so a read never
-    /// shows a unit the records do not have.
-    fn subtract(&mut self, other: &Pending) {
-        self.records -= other.records;
-        self.spend -= other.spend;
-        for (unit, quantity) in &other.units {
-            if let Some(total) = self.units.get_mut(unit) {
-                *total -= quantity;
-                if total.is_zero() {
-                    self.units.remove(unit);
-                }
-            }
-        }
-    }
+    usage: UsageSoFar,
 }
 
 impl Shares {
@@ -86,7 +51,7 @@ impl Shares {
                 .entry(tally.period)
                 .or_default(),
         };
-        entry.add(tally);
+        entry.add(&tally.usage);
     }
 
     /// Takes `other` out; an entry left with no records goes.
@@ -98,7 +63,7 @@ impl Shares {
             for (period, share) in periods {
                 if let Some(entry) = mine.get_mut(period) {
                     entry.subtract(share);
-                    if entry.records <= 0 {
+                    if entry.requests <= 0 {
                         mine.remove(period);
                     }
                 }
@@ -118,12 +83,11 @@ impl Tally {
         Tally {
             client: record.client_id.clone(),
             period: calendar.period_of(record.finished_at),
-            spend: record.total_charged,
-            units: record
-                .units
-                .iter()
-                .map(|(unit, quantity)| (unit.clone(), *quantity))
-                .collect(),
+            usage: UsageSoFar {
+                spend: record.total_charged,
+                requests: 1,
+                units: record.units.clone(),
+            },
         }
     }
 }
@@ -205,19 +169,12 @@ impl QueuedUsage {
 
     /// The client's queued usage in `period`.
     pub(crate) fn of(&self, client: &str, period: Period) -> UsageSoFar {
-        let pending = self.lock();
-        let Some(entry) = pending
+        self.lock()
             .0
             .get(client)
             .and_then(|periods| periods.get(&period))
-        else {
-            return UsageSoFar::default();
-        };
-        UsageSoFar {
-            spend: entry.spend,
-            requests: entry.records,
-            units: entry.units.clone(),
-        }
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Records queued and not yet published, over all clients.
@@ -227,7 +184,7 @@ impl QueuedUsage {
             .0
             .values()
             .flat_map(BTreeMap::values)
-            .map(|p| p.records)
+            .map(|u| u.requests)
             .sum()
     }
 
