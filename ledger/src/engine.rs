@@ -33,6 +33,7 @@ use crate::model::{
     StoredRecord, TopUpOutcome, Totals, UsageRecord, contributions,
 };
 use crate::period::Period;
+use crate::published::PublishedUsage;
 use crate::queued::{QueuedBatch, QueuedShare, QueuedUsage};
 use crate::store::{AggregateWrite, CommitGroup, LedgerStore};
 
@@ -195,6 +196,8 @@ pub(crate) struct Shared {
     pub overlay: RwLock<BTreeMap<Vec<u8>, (AggKey, Totals)>>,
     /// Records queued and not yet published, for `usage_so_far`.
     pub queued: Arc<QueuedUsage>,
+    /// Published usage of recently read clients, for `usage_so_far`.
+    pub published: PublishedUsage,
     /// Batched mode: applied but not yet flushed.
     dirty: AtomicBool,
     /// Set when a commit or flush failed: memory may be ahead of the store, so
@@ -213,9 +216,9 @@ struct Prepared {
     empty: bool,
     checkpoint: bool,
     /// The changed aggregates' values as of this batch, by encoded store key,
-    /// for readers once it has committed (empty for a checkpoint, which clears
-    /// the overlay). Encoded here, by the writer, because the committer's
-    /// time bounds batched ingest.
+    /// for readers once it has committed (a checkpoint clears the overlay
+    /// instead, and passes them only to the published usage). Encoded here,
+    /// by the writer, because the committer's time bounds batched ingest.
     overlay: Vec<(Vec<u8>, (AggKey, Totals))>,
     results: Vec<Result<Reply, LedgerError>>,
 }
@@ -311,6 +314,7 @@ impl Shared {
             store,
             overlay: RwLock::new(BTreeMap::new()),
             queued: Arc::new(QueuedUsage::new()),
+            published: PublishedUsage::new(),
             dirty: AtomicBool::new(false),
             poisoned: Mutex::new(None),
             committed: Mutex::new(0),
@@ -506,17 +510,13 @@ impl Shared {
         let touched = std::mem::take(&mut b.touched);
         let new_records = std::mem::take(&mut b.new_records);
         let group = st.finish(b, checkpoint);
-        let values: Vec<(AggKey, Totals)> = if checkpoint {
-            Vec::new()
-        } else {
-            touched
-                .into_iter()
-                .filter_map(|k| {
-                    let v = st.aggs.get(&k)?.value.clone();
-                    Some((k, v))
-                })
-                .collect()
-        };
+        let values: Vec<(AggKey, Totals)> = touched
+            .into_iter()
+            .filter_map(|k| {
+                let v = st.aggs.get(&k)?.value.clone();
+                Some((k, v))
+            })
+            .collect();
         st.inflight = new_records;
         // Encoded outside the state lock, which reservations also take.
         drop(st);
@@ -635,6 +635,10 @@ impl Shared {
             self.poison("overlay lock poisoned".into());
             return;
         };
+        // Under the overlay's lock: a reader whose published-usage miss came
+        // after this reads the overlay after it too.
+        self.published
+            .publish(values.iter().map(|(_, (key, totals))| (key, totals)));
         if checkpoint {
             // The store now holds every aggregate; the overlay is redundant.
             ov.clear();

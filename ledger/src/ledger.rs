@@ -344,14 +344,36 @@ impl Ledger {
         self.shared().outstanding(client_id)
     }
 
-    /// Spend, request count and unit totals of a client in a period, read from
-    /// the running aggregates (a point read plus a short prefix scan), plus
-    /// the client's records still on their way through the writer: a record
-    /// counts from the moment it is queued, in either durability mode.
+    /// Spend, request count and unit totals of a client in a period: the
+    /// published aggregates, held in memory once read (the first read of a
+    /// client-period is a point read plus a short prefix scan; the committer
+    /// keeps it current), plus the client's records still on their way
+    /// through the writer: a record counts from the moment it is queued, in
+    /// either durability mode.
     pub fn usage_so_far(&self, client_id: &str, period: Period) -> Result<UsageSoFar, LedgerError> {
         // The queued records first: one leaves that count only after it is
         // published, so read in this order it is never missed.
         let queued = self.shared().queued.of(client_id, period);
+        let mut usage = match self.shared().published.get(client_id, period) {
+            Ok(usage) => usage,
+            Err(seen) => {
+                let usage = self.read_published_usage(client_id, period)?;
+                self.shared()
+                    .published
+                    .fill(client_id, period, &usage, seen);
+                usage
+            }
+        };
+        usage.add(&queued);
+        Ok(usage)
+    }
+
+    /// A client's usage in `period` from the aggregates readers see.
+    fn read_published_usage(
+        &self,
+        client_id: &str,
+        period: Period,
+    ) -> Result<UsageSoFar, LedgerError> {
         let t = self
             .shared()
             .aggregate(&AggKey::Client {
@@ -368,13 +390,11 @@ impl Ledger {
                 units.insert(unit, v.quantity);
             }
         }
-        let mut usage = UsageSoFar {
+        Ok(UsageSoFar {
             spend: t.total,
             requests: t.requests,
             units,
-        };
-        usage.add(&queued);
-        Ok(usage)
+        })
     }
 
     /// Sets a client's plan (cap, thresholds, billing, included usage). Durable.

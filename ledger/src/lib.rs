@@ -17,6 +17,7 @@ mod ledger;
 pub mod model;
 pub mod money;
 pub mod period;
+mod published;
 mod queued;
 pub mod report;
 pub mod sled_store;

@@ -43,6 +43,8 @@ enum Op {
         amount: Decimal,
         expires_day: Option<u32>,
     },
+    /// Write every running aggregate to the store.
+    Checkpoint,
 }
 
 fn amount() -> impl Strategy<Value = Decimal> {
@@ -80,6 +82,7 @@ fn op() -> impl Strategy<Value = Op> {
                 expires_day,
             }
         ),
+        1 => Just(Op::Checkpoint),
     ]
 }
 
@@ -127,7 +130,29 @@ impl Expect {
     }
 }
 
-fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
+/// `usage_so_far` agrees with the model: requests, spend and every unit.
+fn assert_usage(u: &UsageSoFar, want: Option<&Expect>, client: &str) {
+    let want = want.cloned().unwrap_or_default();
+    assert_eq!(u.requests, want.requests, "{client} requests");
+    assert_eq!(u.spend, want.total, "{client} spend");
+    let units: BTreeMap<&String, Decimal> = want
+        .units
+        .iter()
+        .chain(&u.units)
+        .map(|(unit, _)| (unit, want.units.get(unit).copied().unwrap_or_default()))
+        .collect();
+    for (unit, q) in units {
+        assert_eq!(
+            u.units.get(unit).copied().unwrap_or_default(),
+            q,
+            "{client} unit {unit}"
+        );
+    }
+}
+
+/// `dirty_bound` small makes the writer checkpoint in the same batch as
+/// records now and then, besides the explicit `Checkpoint` steps.
+fn run(ops: &[Op], currency: Currency, fee_pct: Decimal, dirty_bound: usize) {
     let clock = ManualClock::new(jan(1));
     let l = Ledger::open(LedgerConfig {
         currency,
@@ -136,6 +161,7 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
         durability: Durability::Batched {
             flush_every: std::time::Duration::from_millis(100),
         },
+        max_dirty_aggregates: dirty_bound,
         ..LedgerConfig::default()
     })
     .unwrap();
@@ -150,6 +176,7 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
     let mut reversed: HashSet<usize> = HashSet::new();
     let mut expect: HashMap<String, Expect> = HashMap::new();
     let mut topups = 0;
+    let january: Period = "2025-01".parse().unwrap();
     for op in ops {
         match op {
             Op::Record {
@@ -226,7 +253,15 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
                     assert!(matches!(res.unwrap(), TopUpOutcome::Applied(_)));
                 }
             }
+            Op::Checkpoint => l.checkpoint().unwrap(),
             Op::Retry(_) | Op::Reverse(_) => {}
+        }
+        // Read after every step, so the in-memory published usage is filled
+        // early and must then follow each publish (checkpoints included).
+        for c in 0..CLIENTS {
+            let name = client(c);
+            let u = l.usage_so_far(&name, january).unwrap();
+            assert_usage(&u, expect.get(&name), &name);
         }
     }
     for c in 0..CLIENTS {
@@ -250,12 +285,7 @@ fn run(ops: &[Op], currency: Currency, fee_pct: Decimal) {
     for c in 0..CLIENTS {
         let name = client(c);
         let want = expect.get(&name).cloned().unwrap_or_default();
-        let u = l.usage_so_far(&name, period).unwrap();
-        assert_eq!(u.requests, want.requests);
-        assert_eq!(u.spend, want.total);
-        for (unit, q) in &want.units {
-            assert_eq!(u.units.get(unit).copied().unwrap_or_default(), *q);
-        }
+        assert_usage(&l.usage_so_far(&name, period).unwrap(), Some(&want), &name);
 
         let st = l.statement(&name, period).unwrap();
         let lines_total: Decimal = st.lines.iter().map(|l| l.total).sum();
@@ -354,8 +384,9 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         currency in prop_oneof![Just(Currency::Usd), Just(Currency::Jpy), Just(Currency::Kwd)],
         fee in (0i64..=3000).prop_map(|b| Decimal::new(b, 2)),
+        dirty_bound in prop_oneof![Just(8usize), Just(LedgerConfig::default().max_dirty_aggregates)],
     ) {
-        run(&ops, currency, fee);
+        run(&ops, currency, fee, dirty_bound);
     }
 
     #[test]
