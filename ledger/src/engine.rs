@@ -200,6 +200,12 @@ pub(crate) struct Shared {
     pub published: PublishedUsage,
     /// Batched mode: applied but not yet flushed.
     dirty: AtomicBool,
+    /// Batched mode: signalled when `dirty` goes from false to true, so the
+    /// flusher sleeps while there is nothing to flush.
+    dirtied: (flume::Sender<()>, flume::Receiver<()>),
+    /// Times the flusher has woken to flush, for tests.
+    #[cfg(test)]
+    flusher_wakeups: std::sync::atomic::AtomicU64,
     /// Set when a commit or flush failed: memory may be ahead of the store, so
     /// every write is refused until the ledger is reopened.
     poisoned: Mutex<Option<String>>,
@@ -316,6 +322,9 @@ impl Shared {
             queued: Arc::new(QueuedUsage::new()),
             published: PublishedUsage::new(),
             dirty: AtomicBool::new(false),
+            dirtied: flume::bounded(1),
+            #[cfg(test)]
+            flusher_wakeups: std::sync::atomic::AtomicU64::new(0),
             poisoned: Mutex::new(None),
             committed: Mutex::new(0),
             committed_cv: Condvar::new(),
@@ -1504,8 +1513,9 @@ fn run_committer(sh: &Shared, rx: flume::Receiver<Handoff>) {
             // The flusher thread makes it durable within `flush_every`; keeping
             // the fsync off this thread keeps it from stalling every writer.
             Durability::Batched { .. } => {
-                if wrote {
-                    sh.dirty.store(true, Ordering::Release);
+                if wrote && !sh.dirty.swap(true, Ordering::AcqRel) {
+                    // Full means a wake-up is already pending.
+                    let _ = sh.dirtied.0.try_send(());
                 }
             }
         }
@@ -1516,9 +1526,28 @@ fn run_committer(sh: &Shared, rx: flume::Receiver<Handoff>) {
     }
 }
 
-/// Batched mode's periodic flush. Ends when `stop` is dropped.
+/// Batched mode's flush: `every` after a commit leaves the store unflushed,
+/// so each write is durable within `every` and the commits of that interval
+/// share one flush. Between them it sleeps until the next such commit: an
+/// idle ledger wakes no thread. Ends when `stop` is dropped (the writer has
+/// flushed on its way out).
 pub(crate) fn run_flusher(sh: Arc<Shared>, stop: flume::Receiver<()>, every: std::time::Duration) {
-    while let Err(flume::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+    let dirtied = sh.dirtied.1.clone();
+    loop {
+        let commit_waits = flume::Selector::new()
+            .recv(&dirtied, |signal| signal.is_ok())
+            .recv(&stop, |_| false)
+            .wait();
+        if !commit_waits {
+            return;
+        }
+        // The rest of the interval's commits join this flush.
+        match stop.recv_timeout(every) {
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(flume::RecvTimeoutError::Disconnected) => return,
+        }
+        #[cfg(test)]
+        sh.flusher_wakeups.fetch_add(1, Ordering::Relaxed);
         if sh.dirty.swap(false, Ordering::AcqRel) {
             let _ = flush(&sh);
         }
@@ -1612,6 +1641,39 @@ mod tests {
             .enable_time()
             .build()
             .unwrap()
+    }
+
+    /// The batched flusher sleeps while nothing is unflushed: one record
+    /// wakes it once, `flush_every` later, whatever the idle time around it.
+    #[test]
+    fn the_batched_flusher_wakes_only_for_unflushed_commits() {
+        let ledger = crate::Ledger::open(LedgerConfig {
+            durability: Durability::Batched {
+                flush_every: Duration::from_millis(5),
+            },
+            ..LedgerConfig::default()
+        })
+        .unwrap();
+        let wakeups = || ledger.shared().flusher_wakeups.load(Ordering::Relaxed);
+        let flushed_after = |n: u64| {
+            let start = std::time::Instant::now();
+            while wakeups() < n && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Twenty intervals of idle time: a flusher on a timer would wake
+            // about twenty more times.
+            std::thread::sleep(Duration::from_millis(100));
+            !ledger.shared().dirty.load(Ordering::Acquire)
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(wakeups(), 0, "no commit yet, nothing to flush");
+        ledger.record(now_record("a")).unwrap();
+        assert!(flushed_after(1));
+        assert_eq!(wakeups(), 1);
+        ledger.record(now_record("b")).unwrap();
+        ledger.record(now_record("c")).unwrap();
+        assert!(flushed_after(2));
+        assert!((2..=3).contains(&wakeups()), "{} wake-ups", wakeups());
     }
 
     /// What `record_linger` groups in `batched` mode: records queued while
