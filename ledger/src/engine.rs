@@ -354,7 +354,7 @@ impl Shared {
         Ok(st)
     }
 
-    fn check_poisoned(&self) -> Result<(), LedgerError> {
+    pub(crate) fn check_poisoned(&self) -> Result<(), LedgerError> {
         match &*self
             .poisoned
             .lock()
@@ -1495,13 +1495,17 @@ fn run_committer(sh: &Shared, rx: flume::Receiver<Handoff>) {
         queued,
     } in rx.iter()
     {
+        let had_group = !prepared.empty;
         let mut results = sh.complete(prepared);
         // Only now: until its group is published a record must be counted
         // there, or a reader would miss it (see `queued.rs`).
         drop(queued);
         // The group is in the store: the writer may hand over the next one.
         sh.mark_committed(no);
-        let wrote = results.iter().any(|r| r.is_ok());
+        // Whatever reached the store is flushed, a checkpoint riding on a
+        // batch of refused commands included; after a failed commit nothing
+        // did.
+        let wrote = had_group && sh.check_poisoned().is_ok();
         match sh.cfg.durability {
             Durability::Sync => {
                 if wrote && let Err(e) = flush(sh) {
@@ -1526,20 +1530,29 @@ fn run_committer(sh: &Shared, rx: flume::Receiver<Handoff>) {
     }
 }
 
+/// How long the idle flusher sleeps before it looks at `dirty` itself.
+const FLUSHER_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Batched mode's flush: `every` after a commit leaves the store unflushed,
 /// so each write is durable within `every` and the commits of that interval
-/// share one flush. Between them it sleeps until the next such commit: an
-/// idle ledger wakes no thread. Ends when `stop` is dropped (the writer has
-/// flushed on its way out).
+/// share one flush. Between them it sleeps until the next such commit, so an
+/// idle ledger wakes no thread, except once every [`FLUSHER_RECHECK`]: a
+/// wake-up lost by the channel would otherwise leave the store unflushed
+/// (no later commit signals while `dirty` stays set). Ends when `stop` is
+/// dropped (the writer has flushed on its way out).
 pub(crate) fn run_flusher(sh: Arc<Shared>, stop: flume::Receiver<()>, every: std::time::Duration) {
     let dirtied = sh.dirtied.1.clone();
     loop {
         let commit_waits = flume::Selector::new()
             .recv(&dirtied, |signal| signal.is_ok())
             .recv(&stop, |_| false)
-            .wait();
+            .wait_timeout(FLUSHER_RECHECK)
+            .unwrap_or_else(|_| sh.dirty.load(Ordering::Acquire));
         if !commit_waits {
-            return;
+            if stop.is_disconnected() {
+                return;
+            }
+            continue;
         }
         // The rest of the interval's commits join this flush.
         match stop.recv_timeout(every) {
@@ -1656,14 +1669,15 @@ mod tests {
         .unwrap();
         let wakeups = || ledger.shared().flusher_wakeups.load(Ordering::Relaxed);
         let flushed_after = |n: u64| {
+            let dirty = || ledger.shared().dirty.load(Ordering::Acquire);
             let start = std::time::Instant::now();
-            while wakeups() < n && start.elapsed() < Duration::from_secs(10) {
+            while (wakeups() < n || dirty()) && start.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             // Twenty intervals of idle time: a flusher on a timer would wake
             // about twenty more times.
             std::thread::sleep(Duration::from_millis(100));
-            !ledger.shared().dirty.load(Ordering::Acquire)
+            !dirty()
         };
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(wakeups(), 0, "no commit yet, nothing to flush");

@@ -368,6 +368,15 @@ impl Ledger {
         Ok(usage)
     }
 
+    /// Whether the ledger can take writes and read its store: not poisoned
+    /// by a failed commit or flush, and a read of a probe client's
+    /// aggregates, made past every in-memory cache, succeeds.
+    pub fn check_ready(&self) -> Result<(), LedgerError> {
+        self.shared().check_poisoned()?;
+        self.read_published_usage("readiness-probe", self.current_period())
+            .map(|_| ())
+    }
+
     /// A client's usage in `period` from the aggregates readers see.
     fn read_published_usage(
         &self,

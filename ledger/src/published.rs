@@ -11,9 +11,12 @@
 //! value older than one already published: a miss remembers the
 //! [`Generation`] it started in, every publish advances it, and a fill whose
 //! generation has moved on is dropped (the reader still gets its value, which
-//! was current when it read). The committer updates this under the overlay's
-//! write lock, so a reader that starts after a publish also reads the
-//! overlay after it.
+//! was current when it read, and the next read tries again). The committer
+//! updates this under the overlay's write lock, so a reader that starts after
+//! a publish also reads the overlay after it.
+//!
+//! There is no eviction by age: past [`MAX_ENTRIES`] client-periods the
+//! cache is emptied and refills as clients are read.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -69,14 +72,21 @@ impl PublishedUsage {
         if cache.generation != seen.0 {
             return;
         }
+        if let Some(held) = cache.held(client, period) {
+            // Another reader missed and filled it first, in this generation.
+            usage.clone_into(held);
+            return;
+        }
         if cache.entries >= MAX_ENTRIES {
             cache.clients.clear();
             cache.entries = 0;
         }
-        let periods = cache.clients.entry(client.to_owned()).or_default();
-        if periods.insert(period, usage.clone()).is_none() {
-            cache.entries += 1;
-        }
+        cache
+            .clients
+            .entry(client.to_owned())
+            .or_default()
+            .insert(period, usage.clone());
+        cache.entries += 1;
     }
 
     /// Takes the values of a published batch: the client totals and unit

@@ -810,11 +810,12 @@ fn async_api_records_through_the_group_commit() {
 
 /// A store whose commits wait for a gate (lets a test fill the queue) and can
 /// be made to fail every commit from some point on (simulates a crash: nothing
-/// after that point reaches the store).
+/// after that point reaches the store), or every aggregate read.
 struct TestStore {
     inner: Arc<SledStore>,
     gate: std::sync::Mutex<()>,
     dead: std::sync::atomic::AtomicBool,
+    unreadable: std::sync::atomic::AtomicBool,
 }
 
 impl TestStore {
@@ -823,7 +824,15 @@ impl TestStore {
             inner,
             gate: std::sync::Mutex::new(()),
             dead: std::sync::atomic::AtomicBool::new(false),
+            unreadable: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn read_fails(&self) -> Result<(), StoreError> {
+        if self.unreadable.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("simulated read failure".into()));
+        }
+        Ok(())
     }
 }
 
@@ -861,9 +870,11 @@ impl LedgerStore for TestStore {
         self.inner.for_each_record(from, f)
     }
     fn get_aggregate(&self, k: &AggKey) -> Result<Option<Totals>, StoreError> {
+        self.read_fails()?;
         self.inner.get_aggregate(k)
     }
     fn scan_aggregates(&self, s: &AggScan) -> Result<Vec<(AggKey, Totals)>, StoreError> {
+        self.read_fails()?;
         self.inner.scan_aggregates(s)
     }
     fn get_plan(&self, c: &str) -> Result<Option<ClientPlan>, StoreError> {
@@ -1017,6 +1028,19 @@ fn aggregates_between_checkpoints_are_read_from_memory_and_replayed_after_a_cras
     for i in 0..3 {
         l.record(rec(&format!("b{i}"), "c1", "2", "0")).unwrap();
     }
+    // Readiness reads the store past the in-memory usage, which holds "c1".
+    l.check_ready().unwrap();
+    store
+        .unreadable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        l.check_ready().is_err(),
+        "a store that cannot be read is not ready"
+    );
+    store
+        .unreadable
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    l.check_ready().unwrap();
     store.dead.store(true, std::sync::atomic::Ordering::SeqCst);
     // A failed group commit poisons the ledger: no write is acknowledged after it.
     assert!(matches!(
@@ -1031,6 +1055,7 @@ fn aggregates_between_checkpoints_are_read_from_memory_and_replayed_after_a_cras
         l.reserve("c1", d("1")),
         Err(LedgerError::Poisoned(_))
     ));
+    assert!(matches!(l.check_ready(), Err(LedgerError::Poisoned(_))));
     drop(l);
     assert_eq!(
         sled.get_aggregate(&client_key).unwrap().unwrap().total,

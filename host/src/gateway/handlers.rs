@@ -820,12 +820,9 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the ledger answers and the plugin runtime is up.
+/// `GET /readyz`: the ledger takes writes and its store answers a read.
 pub async fn readyz(State(state): State<Shared>) -> Response {
-    match state
-        .ledger
-        .usage_so_far("readiness-probe", state.ledger.current_period())
-    {
+    match state.ledger.check_ready() {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
