@@ -94,6 +94,10 @@ impl PublishedUsage {
     pub(crate) fn publish<'a>(&self, values: impl IntoIterator<Item = (&'a AggKey, &'a Totals)>) {
         let mut cache = self.lock();
         cache.generation += 1;
+        if cache.entries == 0 {
+            // Nothing held to update (no reader yet, as in bulk ingest).
+            return;
+        }
         for (key, totals) in values {
             match key {
                 AggKey::Client { client, period } => {
