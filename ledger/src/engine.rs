@@ -1795,6 +1795,42 @@ mod tests {
         assert_eq!(ledger.shared().queued.len(), 0);
     }
 
+    /// A record from a month already closed counts, while queued, in the
+    /// month it will be booked into, as it does once written.
+    #[test]
+    fn a_queued_late_record_counts_in_the_month_it_is_booked_into() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        // January closed on 4 February (72 hours of grace).
+        let clock = crate::ManualClock::new(at("2025-02-05T12:00:00Z"));
+        let ledger = crate::Ledger::open(LedgerConfig {
+            durability: Durability::Batched {
+                flush_every: Duration::from_millis(500),
+            },
+            record_linger: Duration::from_millis(300),
+            clock: clock.clock(),
+            ..LedgerConfig::default()
+        })
+        .unwrap();
+        let (january, february) = ("2025-01".parse().unwrap(), "2025-02".parse().unwrap());
+        let requests = |period| ledger.usage_so_far("c", period).unwrap().requests;
+        let late = UsageRecord {
+            finished_at: at("2025-01-20T12:00:00Z"),
+            started_at: at("2025-01-20T12:00:00Z"),
+            ..now_record("late")
+        };
+        current_thread_runtime().block_on(async {
+            let queued = ledger.queue_record_async(late).await.unwrap();
+            // Still lingering: counted from the queue alone.
+            assert_eq!(ledger.shared().groups_formed(), 0);
+            assert_eq!((requests(january), requests(february)), (0, 1));
+            let RecordOutcome::Recorded(stored) = queued.outcome().await.unwrap() else {
+                panic!("the late record was not recorded")
+            };
+            assert_eq!(stored.id.period, february);
+        });
+        assert_eq!((requests(january), requests(february)), (0, 1));
+    }
+
     /// A record whose enqueue is given up (its future dropped while the
     /// queue is full, as a timed-out enqueue's is) is not left counted; the
     /// records that were queued are counted until written, then once.

@@ -291,8 +291,12 @@ impl Ledger {
         &self,
         record: UsageRecord,
     ) -> Result<QueuedRecord, LedgerError> {
-        let queued =
-            QueuedShare::count(&self.shared().queued, &self.shared().cfg.calendar, &record);
+        let queued = QueuedShare::count(
+            &self.shared().queued,
+            &self.shared().cfg.calendar,
+            self.now(),
+            &record,
+        );
         self.enqueue_async(Command::Record(Box::new(record)), Some(queued))
             .await
             .map(|reply| QueuedRecord { reply })

@@ -17,6 +17,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use chrono::{DateTime, Utc};
+
 use foldhash::HashMap;
 
 use crate::model::{UsageRecord, UsageSoFar};
@@ -31,7 +33,7 @@ pub(crate) struct QueuedUsage {
 #[derive(Debug, Default)]
 struct Shares(HashMap<String, BTreeMap<Period, UsageSoFar>>);
 
-/// One record's usage, in the period it finished in.
+/// One record's usage, in the period it will be booked into.
 #[derive(Debug)]
 struct Tally {
     client: String,
@@ -76,13 +78,13 @@ impl Shares {
 }
 
 impl Tally {
-    /// `record`'s usage, counted in the period it finished in: a record for
-    /// a period already closed is booked into a later one when applied, and
-    /// until then it is not counted in that later period.
-    fn of(calendar: &Calendar, record: &UsageRecord) -> Tally {
+    /// `record`'s usage, counted in the period it will be booked into
+    /// (`Calendar::assign` at `now`, as the writer will): its own, or for a
+    /// record from a month already closed the first open one after it.
+    fn of(calendar: &Calendar, now: DateTime<Utc>, record: &UsageRecord) -> Tally {
         Tally {
             client: record.client_id.clone(),
-            period: calendar.period_of(record.finished_at),
+            period: calendar.assign(record.finished_at, now).0,
             usage: UsageSoFar {
                 spend: record.total_charged,
                 requests: 1,
@@ -107,9 +109,10 @@ impl QueuedShare {
     pub(crate) fn count(
         usage: &Arc<QueuedUsage>,
         calendar: &Calendar,
+        now: DateTime<Utc>,
         record: &UsageRecord,
     ) -> QueuedShare {
-        let tally = Tally::of(calendar, record);
+        let tally = Tally::of(calendar, now, record);
         usage.lock().add(&tally);
         QueuedShare {
             usage: Arc::clone(usage),
