@@ -33,8 +33,7 @@ use crate::model::{
     StoredRecord, TopUpOutcome, Totals, UsageRecord, contributions,
 };
 use crate::period::Period;
-use crate::published::PublishedUsage;
-use crate::queued::{QueuedBatch, QueuedShare, QueuedUsage};
+use crate::queued::{LiveUsage, QueuedBatch, QueuedShare};
 use crate::store::{AggregateWrite, CommitGroup, LedgerStore};
 
 const MAX_ID_LEN: usize = 1024;
@@ -79,7 +78,7 @@ pub(crate) enum Reply {
 pub(crate) struct Job {
     pub cmd: Command,
     pub reply: flume::Sender<Result<Reply, LedgerError>>,
-    /// A record's count in [`Shared::queued`], held by whoever holds the job.
+    /// A record's count in [`Shared::usage`], held by whoever holds the job.
     pub queued: Option<QueuedShare>,
 }
 
@@ -194,10 +193,9 @@ pub(crate) struct Shared {
     /// on every request, so this is ordered like the store rather than a hash
     /// map walked whole.
     pub overlay: RwLock<BTreeMap<Vec<u8>, (AggKey, Totals)>>,
-    /// Records queued and not yet published, for `usage_so_far`.
-    pub queued: Arc<QueuedUsage>,
-    /// Published usage of recently read clients, for `usage_so_far`.
-    pub published: PublishedUsage,
+    /// Records queued and not yet published, and the published usage of
+    /// the clients read, for `usage_so_far`.
+    pub usage: Arc<LiveUsage>,
     /// Batched mode: applied but not yet flushed.
     dirty: AtomicBool,
     /// Batched mode: signalled when `dirty` goes from false to true, so the
@@ -223,7 +221,7 @@ struct Prepared {
     checkpoint: bool,
     /// The changed aggregates' values as of this batch, by encoded store key,
     /// for readers once it has committed (a checkpoint clears the overlay
-    /// instead, and passes them only to the published usage). Encoded here,
+    /// instead, and passes them only to [`Shared::usage`]). Encoded here,
     /// by the writer, because the committer's time bounds batched ingest.
     overlay: Vec<(Vec<u8>, (AggKey, Totals))>,
     results: Vec<Result<Reply, LedgerError>>,
@@ -319,8 +317,7 @@ impl Shared {
         Ok(Shared {
             store,
             overlay: RwLock::new(BTreeMap::new()),
-            queued: Arc::new(QueuedUsage::new()),
-            published: PublishedUsage::new(),
+            usage: Arc::new(LiveUsage::new()),
             dirty: AtomicBool::new(false),
             dirtied: flume::bounded(1),
             #[cfg(test)]
@@ -545,7 +542,11 @@ impl Shared {
     /// Commits a prepared batch and makes it visible to readers; returns each
     /// command's result. After a failed commit (this one or an earlier one)
     /// nothing is written and every command fails: memory is ahead of the store.
-    fn complete(&self, p: Prepared) -> Vec<Result<Reply, LedgerError>> {
+    ///
+    /// The publish also takes `queued`, the group's records' counts, out of
+    /// the queued usage; if the group is not published they stay in it, for
+    /// the caller to drop.
+    fn complete(&self, p: Prepared, queued: &mut QueuedBatch) -> Vec<Result<Reply, LedgerError>> {
         let Prepared {
             mut group,
             empty,
@@ -575,7 +576,7 @@ impl Shared {
             }
             return results;
         }
-        self.publish(checkpoint, overlay);
+        self.publish(checkpoint, overlay, queued);
         let mut records: Vec<Option<StoredRecord>> = std::mem::take(&mut group.records)
             .into_iter()
             .map(Some)
@@ -639,15 +640,22 @@ impl Shared {
     }
 
     /// Makes the batch's aggregates visible to readers (after its commit).
-    fn publish(&self, checkpoint: bool, values: Vec<(Vec<u8>, (AggKey, Totals))>) {
+    fn publish(
+        &self,
+        checkpoint: bool,
+        values: Vec<(Vec<u8>, (AggKey, Totals))>,
+        queued: &mut QueuedBatch,
+    ) {
         let Ok(mut ov) = self.overlay.write() else {
             self.poison("overlay lock poisoned".into());
             return;
         };
         // Under the overlay's lock: a reader whose published-usage miss came
         // after this reads the overlay after it too.
-        self.published
-            .publish(values.iter().map(|(_, (key, totals))| (key, totals)));
+        self.usage.publish(
+            values.iter().map(|(_, (key, totals))| (key, totals)),
+            queued,
+        );
         if checkpoint {
             // The store now holds every aggregate; the overlay is redundant.
             ov.clear();
@@ -1391,8 +1399,8 @@ struct Handoff {
     no: u64,
     prepared: Prepared,
     replies: Vec<flume::Sender<Result<Reply, LedgerError>>>,
-    /// The group's records' counts in [`Shared::queued`]: dropped once the
-    /// group is published, or with the handoff if it never is.
+    /// The group's records' counts in [`Shared::usage`]: taken out by the
+    /// publish, or dropped with the handoff if the group never gets there.
     queued: QueuedBatch,
 }
 
@@ -1429,7 +1437,7 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
             if !linger.is_zero() && rx.is_empty() && matches!(first.cmd, Command::Record(_)) {
                 std::thread::sleep(linger);
             }
-            let mut queued = QueuedBatch::new(&sh.queued);
+            let mut queued = QueuedBatch::new(&sh.usage);
             let mut cmds = Vec::new();
             let mut replies = Vec::new();
             let mut next = Some(first);
@@ -1470,7 +1478,7 @@ pub(crate) fn run_writer(sh: Arc<Shared>, rx: flume::Receiver<Job>) {
     // Shutdown (the committer has finished): checkpoint so the next open has
     // nothing to replay.
     let p = sh.prepare(Vec::new(), true);
-    let _ = sh.complete(p);
+    let _ = sh.complete(p, &mut QueuedBatch::new(&sh.usage));
     let _ = flush(&sh);
 }
 
@@ -1492,13 +1500,13 @@ fn run_committer(sh: &Shared, rx: flume::Receiver<Handoff>) {
         no,
         prepared,
         replies,
-        queued,
+        mut queued,
     } in rx.iter()
     {
         let had_group = !prepared.empty;
-        let mut results = sh.complete(prepared);
-        // Only now: until its group is published a record must be counted
-        // there, or a reader would miss it (see `queued.rs`).
+        let mut results = sh.complete(prepared, &mut queued);
+        // Records of a group that was not published (refused, duplicates,
+        // a failed commit) leave the queued count only now.
         drop(queued);
         // The group is in the store: the writer may hand over the next one.
         sh.mark_committed(no);
@@ -1780,7 +1788,7 @@ mod tests {
             ));
             assert!(refused.outcome().await.is_err());
         });
-        assert_eq!(ledger.shared().queued.len(), 0);
+        assert_eq!(ledger.shared().usage.queued_len(), 0);
         assert_eq!(usage(), seen(1, 110, 1));
         assert_eq!(
             ledger
@@ -1792,7 +1800,7 @@ mod tests {
             Decimal::new(40, 2)
         );
         assert_eq!(usage(), seen(2, 150, 2));
-        assert_eq!(ledger.shared().queued.len(), 0);
+        assert_eq!(ledger.shared().usage.queued_len(), 0);
     }
 
     /// A record from a month already closed counts, while queued, in the
@@ -1867,11 +1875,11 @@ mod tests {
             )
             .await;
             assert!(dropped.is_err(), "the queue should have been full");
-            assert_eq!(ledger.shared().queued.len(), 2);
+            assert_eq!(ledger.shared().usage.queued_len(), 2);
             first.outcome().await.unwrap();
             second.outcome().await.unwrap();
         });
-        assert_eq!(ledger.shared().queued.len(), 0);
+        assert_eq!(ledger.shared().usage.queued_len(), 0);
         let period = ledger.current_period();
         assert_eq!(ledger.usage_so_far("c", period).unwrap().requests, 2);
     }

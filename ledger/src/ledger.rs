@@ -22,6 +22,10 @@ use crate::model::{
 use crate::money::Currency;
 use crate::period::{Calendar, Period};
 use crate::queued::QueuedShare;
+
+/// Store reads `usage_so_far` makes on a miss before it settles for a
+/// reading that may count a record being published twice.
+const USAGE_READ_TRIES: usize = 4;
 use crate::sled_store::SledStore;
 use crate::statement::{self, Payout, Settlement, Statement, UsageReport};
 use crate::store::LedgerStore;
@@ -292,7 +296,7 @@ impl Ledger {
         record: UsageRecord,
     ) -> Result<QueuedRecord, LedgerError> {
         let queued = QueuedShare::count(
-            &self.shared().queued,
+            &self.shared().usage,
             &self.shared().cfg.calendar,
             self.now(),
             &record,
@@ -353,22 +357,26 @@ impl Ledger {
     /// client-period is a point read plus a short prefix scan; the committer
     /// keeps it current), plus the client's records still on their way
     /// through the writer: a record counts from the moment it is queued, in
-    /// either durability mode.
+    /// either durability mode, and once: both parts are read together, and a
+    /// publish moves a group's records from one to the other in one step.
     pub fn usage_so_far(&self, client_id: &str, period: Period) -> Result<UsageSoFar, LedgerError> {
-        // The queued records first: one leaves that count only after it is
-        // published, so read in this order it is never missed.
-        let queued = self.shared().queued.of(client_id, period);
-        let mut usage = match self.shared().published.get(client_id, period) {
-            Ok(usage) => usage,
-            Err(seen) => {
-                let usage = self.read_published_usage(client_id, period)?;
-                self.shared()
-                    .published
-                    .fill(client_id, period, &usage, seen);
-                usage
+        let live = &self.shared().usage;
+        for _ in 0..USAGE_READ_TRIES {
+            match live.read(client_id, period) {
+                Ok(usage) => return Ok(usage),
+                Err(seen) => {
+                    let published = self.read_published_usage(client_id, period)?;
+                    if let Some(usage) = live.fill(client_id, period, &published, seen) {
+                        return Ok(usage);
+                    }
+                }
             }
-        };
-        usage.add(&queued);
+        }
+        // Publishes kept overtaking the read. The queued count first: a
+        // record leaves it only once published, so it is never missed, and
+        // one published in between counts twice (the safe side for a limit).
+        let mut usage = live.queued_of(client_id, period);
+        usage.add(&self.read_published_usage(client_id, period)?);
         Ok(usage)
     }
 

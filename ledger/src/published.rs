@@ -2,24 +2,25 @@
 //!
 //! [`crate::Ledger::usage_so_far`] runs on every gateway request. Read from
 //! the aggregates it costs one store lookup and one prefix scan, tens of
-//! microseconds on a cold cache. [`PublishedUsage`] keeps the answer per
-//! client and period instead: filled on a miss from what readers see (the
-//! overlay, else the store), and kept current by the committer, which hands
-//! it every aggregate value it publishes, checkpoints included.
+//! microseconds on a cold cache. [`Published`] keeps the answer per client
+//! and period instead: filled on a miss from what readers see (the overlay,
+//! else the store), and kept current by the committer, which hands it every
+//! aggregate value it publishes, checkpoints included.
 //!
-//! It is derived state, never written to the store. A fill must not store a
-//! value older than one already published: a miss remembers the
-//! [`Generation`] it started in, every publish advances it, and a fill whose
-//! generation has moved on is dropped (the reader still gets its value, which
-//! was current when it read, and the next read tries again). The committer
-//! updates this under the overlay's write lock, so a reader that starts after
-//! a publish also reads the overlay after it.
+//! It is derived state, never written to the store, and it lives under the
+//! same lock as the queued records' count ([`crate::queued::LiveUsage`]), so
+//! a publish moves a group's records from one to the other in one step.
+//!
+//! A fill must not store a value older than one already published: a miss
+//! remembers the [`Generation`] it started in, every publish advances it, and
+//! a fill whose generation has moved on is dropped. The committer publishes
+//! under the overlay's write lock, so a reader that starts after a publish
+//! also reads the overlay after it.
 //!
 //! There is no eviction by age: past [`MAX_ENTRIES`] client-periods the
 //! cache is emptied and refills as clients are read.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 
 use foldhash::HashMap;
 
@@ -31,77 +32,70 @@ use crate::period::Period;
 const MAX_ENTRIES: usize = 65_536;
 
 /// Usage as published, by client and period.
-pub(crate) struct PublishedUsage {
-    cache: Mutex<Cache>,
-}
-
 #[derive(Default)]
-struct Cache {
+pub(crate) struct Published {
     generation: u64,
     entries: usize,
     clients: HashMap<String, BTreeMap<Period, UsageSoFar>>,
 }
 
-/// The publish count a miss saw, to hand back to [`PublishedUsage::fill`].
+/// The publish count a miss saw, to hand back to [`Published::fill`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Generation(u64);
 
-impl PublishedUsage {
-    pub(crate) fn new() -> Self {
-        PublishedUsage {
-            cache: Mutex::new(Cache::default()),
-        }
-    }
-
+impl Published {
     /// The client's published usage in `period`, or on a miss the
     /// generation to fill it with once read.
-    pub(crate) fn get(&self, client: &str, period: Period) -> Result<UsageSoFar, Generation> {
-        let cache = self.lock();
-        cache
-            .clients
+    pub(crate) fn get(&self, client: &str, period: Period) -> Result<&UsageSoFar, Generation> {
+        self.clients
             .get(client)
             .and_then(|periods| periods.get(&period))
-            .cloned()
-            .ok_or(Generation(cache.generation))
+            .ok_or(Generation(self.generation))
     }
 
     /// Keeps `usage`, read after `get` missed with `seen`, unless a publish
-    /// has happened since: the value may then predate it.
-    pub(crate) fn fill(&self, client: &str, period: Period, usage: &UsageSoFar, seen: Generation) {
-        let mut cache = self.lock();
-        if cache.generation != seen.0 {
-            return;
+    /// has happened since (the value may then predate it); says which.
+    pub(crate) fn fill(
+        &mut self,
+        client: &str,
+        period: Period,
+        usage: &UsageSoFar,
+        seen: Generation,
+    ) -> bool {
+        if self.generation != seen.0 {
+            return false;
         }
-        if let Some(held) = cache.held(client, period) {
+        if let Some(held) = self.held(client, period) {
             // Another reader missed and filled it first, in this generation.
             usage.clone_into(held);
-            return;
+            return true;
         }
-        if cache.entries >= MAX_ENTRIES {
-            cache.clients.clear();
-            cache.entries = 0;
+        if self.entries >= MAX_ENTRIES {
+            self.clear();
         }
-        cache
-            .clients
+        self.clients
             .entry(client.to_owned())
             .or_default()
             .insert(period, usage.clone());
-        cache.entries += 1;
+        self.entries += 1;
+        true
     }
 
     /// Takes the values of a published batch: the client totals and unit
     /// quantities of the client-periods held are replaced by them.
-    pub(crate) fn publish<'a>(&self, values: impl IntoIterator<Item = (&'a AggKey, &'a Totals)>) {
-        let mut cache = self.lock();
-        cache.generation += 1;
-        if cache.entries == 0 {
+    pub(crate) fn publish<'a>(
+        &mut self,
+        values: impl IntoIterator<Item = (&'a AggKey, &'a Totals)>,
+    ) {
+        self.generation += 1;
+        if self.entries == 0 {
             // Nothing held to update (no reader yet, as in bulk ingest).
             return;
         }
         for (key, totals) in values {
             match key {
                 AggKey::Client { client, period } => {
-                    if let Some(usage) = cache.held(client, *period) {
+                    if let Some(usage) = self.held(client, *period) {
                         usage.spend = totals.total;
                         usage.requests = totals.requests;
                     }
@@ -111,7 +105,7 @@ impl PublishedUsage {
                     period,
                     unit,
                 } => {
-                    if let Some(usage) = cache.held(client, *period) {
+                    if let Some(usage) = self.held(client, *period) {
                         usage.units.insert(unit.clone(), totals.quantity);
                     }
                 }
@@ -120,27 +114,19 @@ impl PublishedUsage {
         }
     }
 
+    /// Forgets everything, and any fill under way.
+    pub(crate) fn clear(&mut self) {
+        self.clients.clear();
+        self.entries = 0;
+        self.generation += 1;
+    }
+
     /// Client-periods held, for tests.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().entries
+        self.entries
     }
 
-    // A cache left half-updated by a panic elsewhere could be stale, so a
-    // poisoned lock empties it rather than failing every read.
-    fn lock(&self) -> MutexGuard<'_, Cache> {
-        self.cache.lock().unwrap_or_else(|poisoned| {
-            let mut cache = poisoned.into_inner();
-            cache.clients.clear();
-            cache.entries = 0;
-            cache.generation += 1;
-            self.cache.clear_poison();
-            cache
-        })
-    }
-}
-
-impl Cache {
     fn held(&mut self, client: &str, period: Period) -> Option<&mut UsageSoFar> {
         self.clients.get_mut(client)?.get_mut(&period)
     }
@@ -199,27 +185,27 @@ mod tests {
 
     #[test]
     fn a_fill_that_a_publish_overtook_is_dropped() {
-        let cache = PublishedUsage::new();
+        let mut cache = Published::default();
         let Err(seen) = cache.get("c", period()) else {
             panic!("an empty cache has nothing")
         };
         // The reader read (1 request) before this publish (2 requests)
         // reached the overlay: its value must not be kept.
         cache.publish([client_totals(2, 20)].iter().map(|(k, t)| (k, t)));
-        cache.fill("c", period(), &usage(1, 10, &[]), seen);
+        assert!(!cache.fill("c", period(), &usage(1, 10, &[]), seen));
         assert!(cache.get("c", period()).is_err());
         assert_eq!(cache.len(), 0);
 
         let Err(seen) = cache.get("c", period()) else {
             panic!("still nothing held")
         };
-        cache.fill("c", period(), &usage(2, 20, &[]), seen);
-        assert_eq!(cache.get("c", period()), Ok(usage(2, 20, &[])));
+        assert!(cache.fill("c", period(), &usage(2, 20, &[]), seen));
+        assert_eq!(cache.get("c", period()), Ok(&usage(2, 20, &[])));
     }
 
     #[test]
     fn a_publish_replaces_held_totals_and_units_and_adds_nothing_else() {
-        let cache = PublishedUsage::new();
+        let mut cache = Published::default();
         let Err(seen) = cache.get("c", period()) else {
             panic!("an empty cache has nothing")
         };
@@ -246,7 +232,7 @@ mod tests {
         cache.publish(values.iter().map(|(k, t)| (k, t)));
         assert_eq!(
             cache.get("c", period()),
-            Ok(usage(3, 30, &[("doc", 4), ("page", 2)]))
+            Ok(&usage(3, 30, &[("doc", 4), ("page", 2)]))
         );
         assert!(cache.get("other", period()).is_err());
         assert_eq!(cache.len(), 1);
@@ -254,7 +240,7 @@ mod tests {
 
     #[test]
     fn the_cache_starts_afresh_past_its_bound() {
-        let cache = PublishedUsage::new();
+        let mut cache = Published::default();
         for i in 0..MAX_ENTRIES {
             let name = format!("c{i}");
             let Err(seen) = cache.get(&name, period()) else {
