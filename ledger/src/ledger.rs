@@ -22,14 +22,14 @@ use crate::model::{
 use crate::money::Currency;
 use crate::period::{Calendar, Period};
 use crate::queued::QueuedShare;
-
-/// Store reads `usage_so_far` makes on a miss before it settles for a
-/// reading that may count a record being published twice.
-const USAGE_READ_TRIES: usize = 4;
 use crate::sled_store::SledStore;
 use crate::statement::{self, Payout, Settlement, Statement, UsageReport};
 use crate::store::LedgerStore;
 use crate::verify::{self, VerifyReport};
+
+/// Store reads `usage_so_far` makes on a miss before it settles for a
+/// reading that may count a record being published twice.
+const USAGE_READ_TRIES: usize = 4;
 
 /// A client's credit: `total` is the sum of every bucket balance (which equals
 /// the sum of all its entries); `available` excludes expired buckets.
