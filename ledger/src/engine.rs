@@ -1505,8 +1505,8 @@ fn run_committer(sh: &Shared, rx: flume::Receiver<Handoff>) {
     {
         let had_group = !prepared.empty;
         let mut results = sh.complete(prepared, &mut queued);
-        // Records of a group that was not published (refused, duplicates,
-        // a failed commit) leave the queued count only now.
+        // The records of a group that was not published (nothing to write,
+        // or a failed commit) leave the queued count only now.
         drop(queued);
         // The group is in the store: the writer may hand over the next one.
         sh.mark_committed(no);

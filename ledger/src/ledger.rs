@@ -242,9 +242,9 @@ impl Ledger {
 
     /// Queues `cmd`, waiting for room in a full queue (backpressure) up to the
     /// enqueue timeout; returns the channel its reply will arrive on. A
-    /// record's `queued` count travels in its job: the writer drops it once
-    /// the record's group is published, and a job dropped on the way (a
-    /// failed or abandoned enqueue) drops it too.
+    /// record's `queued` count travels in its job: the committer's publish
+    /// takes it out with the record's group, and a job dropped on the way (a
+    /// failed or abandoned enqueue) takes it out when dropped.
     async fn enqueue_async(
         &self,
         cmd: Command,

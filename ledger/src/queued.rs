@@ -53,12 +53,15 @@ struct Tally {
 }
 
 impl Shares {
-    fn of(&self, client: &str, period: Period) -> UsageSoFar {
-        self.0
-            .get(client)
-            .and_then(|periods| periods.get(&period))
-            .cloned()
-            .unwrap_or_default()
+    fn get(&self, client: &str, period: Period) -> Option<&UsageSoFar> {
+        self.0.get(client)?.get(&period)
+    }
+
+    /// Adds the client's queued usage in `period` to `usage`.
+    fn add_to(&self, usage: &mut UsageSoFar, client: &str, period: Period) {
+        if let Some(queued) = self.get(client, period) {
+            usage.add(queued);
+        }
     }
 
     fn add(&mut self, tally: &Tally) {
@@ -198,7 +201,7 @@ impl LiveUsage {
     pub(crate) fn read(&self, client: &str, period: Period) -> Result<UsageSoFar, Generation> {
         let state = self.lock();
         let mut usage = state.published.get(client, period)?.clone();
-        usage.add(&state.queued.of(client, period));
+        state.queued.add_to(&mut usage, client, period);
         Ok(usage)
     }
 
@@ -217,13 +220,17 @@ impl LiveUsage {
             return None;
         }
         let mut usage = published.clone();
-        usage.add(&state.queued.of(client, period));
+        state.queued.add_to(&mut usage, client, period);
         Some(usage)
     }
 
     /// The client's queued usage in `period`.
     pub(crate) fn queued_of(&self, client: &str, period: Period) -> UsageSoFar {
-        self.lock().queued.of(client, period)
+        self.lock()
+            .queued
+            .get(client, period)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// A committed group becomes visible: its aggregate values go into the
